@@ -1,0 +1,184 @@
+"""Settings for every role of a collect-offline node, read from the environment.
+
+One module serves all four roles. ``ROLE`` decides which URLs and background
+jobs are on; the same code paths exist everywhere.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+ROLES = ("client", "middleman", "community", "central")
+
+env = environ.Env()
+
+
+def _required(name: str) -> str:
+    value = env.str(name, default="").strip()
+    if not value:
+        raise ImproperlyConfigured(
+            f"{name} is not set. Set it in the environment, e.g. "
+            f"ROLE=client NODE_ID=laptop-01 (roles: {', '.join(ROLES)})."
+        )
+    return value
+
+
+def _secret(name: str, default: str = "") -> str:
+    """Return a secret from NAME, or from the file named by NAME_FILE."""
+    path = env.str(f"{name}_FILE", default="")
+    if path:
+        return Path(path).read_text().strip()
+    return env.str(name, default=default)
+
+
+ROLE = _required("ROLE")
+if ROLE not in ROLES:
+    raise ImproperlyConfigured(
+        f"ROLE={ROLE!r} is not a role. Use one of: {', '.join(ROLES)}."
+    )
+NODE_ID = _required("NODE_ID")
+if len(NODE_ID) > 64 or not NODE_ID.replace("-", "").replace("_", "").isalnum():
+    raise ImproperlyConfigured(
+        f"NODE_ID={NODE_ID!r} must be up to 64 letters, digits, '-' or '_'."
+    )
+
+DEBUG = env.bool("DEBUG", default=False)
+SECRET_KEY = _secret("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG and ROLE != "client":
+        raise ImproperlyConfigured(
+            "SECRET_KEY (or SECRET_KEY_FILE) is required on servers; "
+            "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+        )
+    SECRET_KEY = f"insecure-local-{NODE_ID}"
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+NODE_DIR = Path(env.str("NODE_DIR", default=str(BASE_DIR / "var" / NODE_ID)))
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "simple_history",
+    "sync",
+    "study",
+    "reconcile",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "simple_history.middleware.HistoryRequestMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# A laptop runs with nothing else installed: SQLite unless a URL is given.
+# IMMEDIATE transactions take SQLite's write lock up front, so two writers
+# queue instead of failing with "database is locked" half way.
+DATABASES = {
+    "default": env.db(
+        "DATABASE_URL", default=f"sqlite:///{NODE_DIR / 'db.sqlite3'}"
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"transaction_mode": "IMMEDIATE", "timeout": 30}
+    )
+    if DATABASES["default"]["NAME"] != ":memory:":
+        Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.str("TIME_ZONE", default="UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+LOGIN_URL = "admin:login"
+
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("DATA_UPLOAD_MAX_MEMORY_SIZE", 16 * 1024 * 1024)
+
+REST_FRAMEWORK = {
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "EXCEPTION_HANDLER": "sync.transport.api.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "collect-offline sync API",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- sync -------------------------------------------------------------------
+SYNC_ROLE = ROLE
+SYNC_NODE_ID = NODE_ID
+SYNC_CAPTURE = env.bool("SYNC_CAPTURE", default=True)
+SYNC_SIGNING_KEY_FILE = env.str(
+    "SYNC_SIGNING_KEY_FILE", default=str(NODE_DIR / "keys" / "signing.pem")
+)
+SYNC_DATA_KEYS_DIR = env.str(
+    "SYNC_DATA_KEYS_DIR", default=str(BASE_DIR / "var" / "deployment" / "data-keys")
+)
+SYNC_UPSTREAM_URL = env.str("UPSTREAM_URL", default="")
+SYNC_UPSTREAM_TOKEN = _secret("UPSTREAM_TOKEN")
+SYNC_UPSTREAM_CA_FILE = env.str("UPSTREAM_CA_FILE", default="")
+SYNC_CHUNK_SIZE = env.int("SYNC_CHUNK_SIZE", default=1000)
+SYNC_PUSH_INTERVAL = env.float("SYNC_PUSH_INTERVAL", default=30.0)
+SYNC_MAX_BODY_BYTES = env.int("SYNC_MAX_BODY_BYTES", default=64 * 1024 * 1024)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+    },
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+    },
+}
+
+# The data's schema version, raised with every migration that changes what
+# travels. Nodes talk when their versions are at most SYNC_SCHEMA_SPAN apart.
+SYNC_SCHEMA_VERSION = env.int("SYNC_SCHEMA_VERSION", default=1)
+SYNC_SCHEMA_SPAN = env.int("SYNC_SCHEMA_SPAN", default=1)

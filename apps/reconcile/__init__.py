@@ -1,0 +1,1 @@
+"""Specimen reconciliation against requisitions (middleman and lab)."""

@@ -1,0 +1,1 @@
+"""The household survey with specimen collection that field teams enter."""

@@ -1,0 +1,24 @@
+"""Loads the reference list of symptoms, the same on every node."""
+
+from django.db import migrations
+
+SYMPTOMS = [
+    ("cough", "cough for two weeks or more"),
+    ("fever", "fever"),
+    ("night_sweats", "night sweats"),
+    ("weight_loss", "unexplained weight loss"),
+    ("diarrhoea", "diarrhoea"),
+    ("rash", "skin rash"),
+    ("headache", "persistent headache"),
+]
+
+
+def load(apps, schema_editor):
+    Symptom = apps.get_model("study", "Symptom")
+    for short_name, name in SYMPTOMS:
+        Symptom.objects.update_or_create(short_name=short_name, defaults={"name": name})
+
+
+class Migration(migrations.Migration):
+    dependencies = [("study", "0001_initial")]
+    operations = [migrations.RunPython(load, migrations.RunPython.noop)]

@@ -1,0 +1,1 @@
+"""The sync engine: capture local changes, carry them as envelopes, apply them."""

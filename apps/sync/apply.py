@@ -1,0 +1,515 @@
+"""Provides apply: stored incoming transactions become local records.
+
+Each producer's transactions are applied in sequence order, one bounded chunk
+per database transaction, with a handful of queries per chunk. A transaction
+whose linked record has not arrived is parked (waiting), and so are later
+changes to the same record; everything else goes on. Parked transactions are
+retried as soon as what they wait for is applied.
+
+Conflicts are found by version: an envelope names the version it changed
+(``base_version``). If that is not the version held here, the record was
+changed on two nodes; the newer by hybrid logical clock wins (producer id
+breaks ties) and the other version is kept as a Conflict. An edit never
+brings a deleted record back: it is kept as a conflict instead.
+"""
+
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import F, ProtectedError, RestrictedError
+from django.db.models.deletion import Collector
+from django.utils import timezone
+
+from . import envelope, hlc, state
+from .capture import lock_clock, save_versions
+from .errors import EnvelopeInvalid
+from .models import (
+    Conflict,
+    IncomingStatus,
+    IncomingTransaction,
+    OutgoingTransaction,
+    ProducerState,
+    RecordVersion,
+)
+from .registry import SyncedModel, site_models
+from .serialization import serialize
+
+log = logging.getLogger(__name__)
+
+# Each round retries what the previous one made possible; a chain of waits
+# longer than this is finished by the next apply.
+MAX_UNPARK_ROUNDS = 1000
+
+
+@dataclass
+class ApplyReport:
+    applied: int = 0
+    parked: int = 0
+    conflicts: int = 0
+    failed: int = 0
+
+    def __iadd__(self, other: "ApplyReport") -> "ApplyReport":
+        self.applied += other.applied
+        self.parked += other.parked
+        self.conflicts += other.conflicts
+        self.failed += other.failed
+        return self
+
+    def __str__(self) -> str:
+        return (
+            f"{self.applied} applied, {self.parked} parked, "
+            f"{self.conflicts} conflicts, {self.failed} failed"
+        )
+
+
+def apply_pending(
+    max_chunks: int | None = None, using: str = "default"
+) -> ApplyReport:
+    """Apply what has been received, chunk by chunk; return the totals."""
+    report = ApplyReport()
+    started = time.monotonic()
+    chunks = 0
+    while max_chunks is None or chunks < max_chunks:
+        done = _apply_next_chunk(using)
+        if done is None:
+            break
+        report += done
+        chunks += 1
+    if chunks:
+        log.info(
+            "applied %d chunks in %.1f s: %s", chunks, time.monotonic() - started, report
+        )
+    return report
+
+
+def retry(rows: list[IncomingTransaction], using: str = "default") -> ApplyReport:
+    """Apply failed or parked transactions again, in producer order."""
+    with transaction.atomic(using=using):
+        clock = lock_clock(using)
+        return _run(clock, using, rows)
+
+
+def _apply_next_chunk(using: str) -> ApplyReport | None:
+    with transaction.atomic(using=using):
+        # The clock lock makes this the only apply, and orders it against
+        # local writes: two workers never apply the same chunk.
+        clock = lock_clock(using)
+        producer = (
+            ProducerState.objects.using(using)
+            .filter(processed_through__lt=F("contiguous"))
+            .order_by("processed_through", "producer")
+            .first()
+        )
+        if producer is None:
+            return None
+        rows = list(
+            IncomingTransaction.objects.using(using)
+            .filter(
+                producer=producer.producer,
+                sequence__gt=producer.processed_through,
+                sequence__lte=producer.contiguous,
+            )
+            .order_by("sequence")[: settings.SYNC_CHUNK_SIZE]
+        )
+        report = _run(clock, using, rows)
+        producer.processed_through = rows[-1].sequence
+        producer.save(using=using, update_fields=["processed_through"])
+        return report
+
+
+def _order(row) -> tuple:
+    return (row.producer, row.sequence)
+
+
+def _run(clock, using: str, rows: list[IncomingTransaction]) -> ApplyReport:
+    """Apply ``rows``, then every parked transaction whose wait is over."""
+    report = ApplyReport()
+    for _ in range(MAX_UNPARK_ROUNDS):
+        chunk = _Chunk(clock, using)
+        report += chunk.run(sorted(rows, key=_order))
+        rows = _ready(chunk.arrived, using)
+        if not rows:
+            break
+        log.info("retrying %d parked transactions", len(rows))
+    return report
+
+
+def _ready(arrived: set[str], using: str) -> list[IncomingTransaction]:
+    """Return parked transactions waiting for ``arrived``, and those behind them."""
+    parked = IncomingTransaction.objects.using(using).filter(
+        status=IncomingStatus.PARKED
+    )
+    tokens = list(arrived)
+    ready = {}
+    for start in range(0, len(tokens), 500):
+        for row in parked.filter(waiting_for__in=tokens[start : start + 500]):
+            ready[row.id] = row
+    records = list({row.record_id for row in ready.values()})
+    for start in range(0, len(records), 500):
+        for row in parked.filter(record_id__in=records[start : start + 500]):
+            ready[row.id] = row
+    return list(ready.values())
+
+
+class _Chunk:
+    """One atomic pass over a list of incoming transactions."""
+
+    def __init__(self, clock, using: str):
+        self.clock = clock
+        self.using = using
+        self.report = ApplyReport()
+        self.now = timezone.now()
+        self.versions: dict[tuple, RecordVersion] = {}
+        self.changed_versions: dict[tuple, RecordVersion] = {}
+        self.blocked: dict[tuple, str] = {}
+        self.present: dict[str, set] = defaultdict(set)
+        self.pending: dict[str, dict] = defaultdict(dict)  # label -> pk -> (obj, m2m)
+        self.natural: dict[tuple, object] = {}
+        self.statuses: list[IncomingTransaction] = []
+        self.conflicts: list[Conflict] = []
+        self.arrived: set[str] = set()
+
+    def run(self, rows: list[IncomingTransaction]) -> ApplyReport:
+        with state.applying_incoming():
+            payloads = self._open(rows)
+            self._load(rows, payloads)
+            for row in rows:
+                if row.id in payloads:
+                    self._apply_one(row, payloads[row.id])
+            self._flush()
+            self._save_outcomes(rows)
+        return self.report
+
+    # -- loading ---------------------------------------------------------------
+
+    def _open(self, rows) -> dict:
+        payloads = {}
+        for row in rows:
+            try:
+                payloads[row.id] = envelope.open_payload(envelope.Envelope.from_row(row))
+            except EnvelopeInvalid as exc:
+                self._fail(row, exc.reason)
+        return payloads
+
+    def _load(self, rows, payloads) -> None:
+        """Fetch versions, blockers and linked records for the whole chunk."""
+        ids = {row.record_id for row in rows}
+        for version in RecordVersion.objects.using(self.using).filter(
+            record_id__in=ids
+        ):
+            self.versions[(version.model, version.record_id)] = version
+        parked = (
+            IncomingTransaction.objects.using(self.using)
+            .filter(status=IncomingStatus.PARKED, record_id__in=ids)
+            .exclude(id__in=[row.id for row in rows])
+            .order_by("producer", "sequence")
+        )
+        for blocker in parked:
+            self.blocked[(blocker.model, blocker.record_id)] = f"tx:{blocker.id}"
+        wanted = defaultdict(set)
+        for row in rows:
+            payload = payloads.get(row.id)
+            synced = site_models.find(row.model)
+            if payload is None or synced is None or synced.append_only:
+                continue
+            for field in synced.fields():
+                link = payload["fields"].get(field.name)
+                if field.is_relation and link and field.related_model in site_models:
+                    wanted[field.related_model].add(link["pk"])
+        for model, pks in wanted.items():
+            label = model._meta.label_lower
+            found = model._base_manager.using(self.using).filter(pk__in=pks)
+            self.present[label].update(str(pk) for pk in found.values_list("pk", flat=True))
+
+    # -- deciding --------------------------------------------------------------
+
+    def _apply_one(self, row, payload) -> None:
+        key = (row.model, row.record_id)
+        if key in self.blocked:
+            self._park(row, self.blocked[key], "an earlier change to this record waits")
+            return
+        synced = site_models.find(row.model)
+        if synced is None:
+            self._fail(row, f"{row.model} is not registered for offline use here")
+            return
+        try:
+            obj, m2m = self._build(synced, row, payload)
+        except _Waiting as waiting:
+            self._park(row, waiting.token, waiting.reason)
+            return
+        except (_Unusable, ValueError, TypeError, KeyError) as exc:
+            self._fail(row, f"payload does not fit {row.model}: {exc}")
+            return
+        if synced.append_only:
+            self.pending[synced.label][row.record_id] = (obj, m2m, True)
+            self._applied(row)
+            return
+
+        current = self.versions.get(key)
+        if current is None or current.tx_id == row.base_version:
+            if current is None and row.base_version is not None:
+                if not self._known(row.base_version):
+                    self._park(
+                        row,
+                        f"tx:{row.base_version}",
+                        "the version this change was made on has not arrived",
+                    )
+                    return
+            self._write(synced, row, obj, m2m)
+            return
+        if not self._known(row.base_version) and row.base_version is not None:
+            self._park(
+                row,
+                f"tx:{row.base_version}",
+                "the version this change was made on has not arrived",
+            )
+            return
+        self._resolve(synced, row, payload, obj, m2m, current)
+
+    def _resolve(self, synced, row, payload, obj, m2m, current) -> None:
+        """Decide between the version held here and a concurrent one."""
+        if current.deleted:
+            if row.action == "delete":
+                self._applied(row)
+                return
+            self._keep_loser(
+                row, payload, current, Conflict.Kind.EDIT_AFTER_DELETE, incoming=True
+            )
+            return
+        incoming_wins = (row.hlc, row.producer) > (current.hlc, current.producer)
+        if not incoming_wins:
+            self._keep_loser(row, payload, current, Conflict.Kind.CONCURRENT, True)
+            return
+        self._flush()  # the losing version must be read as it stands
+        held = synced.model._base_manager.using(self.using).filter(pk=row.record_id)
+        snapshot = serialize(synced, held.get()) if held.exists() else {}
+        self._keep_loser(row, snapshot, current, Conflict.Kind.CONCURRENT, False)
+        self._write(synced, row, obj, m2m)
+
+    def _keep_loser(self, row, loser_payload, current, kind, incoming: bool) -> None:
+        if incoming:
+            winner = (current.tx_id, current.producer, current.hlc)
+            loser = (row.id, row.producer, row.hlc, row.action)
+        else:
+            winner = (row.id, row.producer, row.hlc)
+            loser = (current.tx_id, current.producer, current.hlc, "update")
+        self.conflicts.append(
+            Conflict(
+                model=row.model,
+                record_id=row.record_id,
+                kind=kind,
+                winner_tx=winner[0],
+                winner_producer=winner[1],
+                winner_hlc=winner[2],
+                loser_tx=loser[0],
+                loser_producer=loser[1],
+                loser_hlc=loser[2],
+                loser_action=loser[3],
+                loser_payload=loser_payload,
+            )
+        )
+        self.report.conflicts += 1
+        log.warning(
+            "conflict on %s %s: %s#%s %s", row.model, row.record_id, row.producer,
+            row.sequence, "kept as loser" if incoming else "won",
+        )
+        if incoming:
+            self._set(row, IncomingStatus.CONFLICT, detail=f"lost to {winner[1]}")
+        else:
+            # The incoming version won and is applied below.
+            pass
+
+    def _write(self, synced, row, obj, m2m) -> None:
+        key = (row.model, row.record_id)
+        if row.action == "delete":
+            if not self._delete(synced, row):
+                return
+        else:
+            self.pending[synced.label][row.record_id] = (obj, m2m)
+            self.present[synced.label].add(str(row.record_id))
+        version = RecordVersion(
+            model=row.model,
+            record_id=row.record_id,
+            tx_id=row.id,
+            hlc=row.hlc,
+            producer=row.producer,
+            deleted=row.action == "delete",
+        )
+        self.versions[key] = self.changed_versions[key] = version
+        self._applied(row)
+
+    def _known(self, tx_id) -> bool:
+        """True if the transaction that made a version was seen on this node."""
+        if tx_id is None:
+            return True
+        if any(v.tx_id == tx_id for v in self.changed_versions.values()):
+            return True
+        seen = IncomingTransaction.objects.using(self.using).filter(
+            id=tx_id, status__in=[IncomingStatus.APPLIED, IncomingStatus.CONFLICT]
+        )
+        return (
+            seen.exists()
+            or OutgoingTransaction.objects.using(self.using).filter(id=tx_id).exists()
+        )
+
+    # -- building records ------------------------------------------------------
+
+    def _build(self, synced: SyncedModel, row, payload):
+        values = {"pk": row.record_id}
+        m2m = {}
+        fields = payload["fields"]
+        for field in synced.fields():
+            if field.name not in fields:
+                continue
+            value = fields[field.name]
+            if field.is_relation:
+                values[field.attname] = self._link(synced, field, value, row)
+            else:
+                values[field.attname] = field.to_python(value)
+        for field in synced.m2m_fields():
+            if field.name in fields:
+                m2m[field.name] = [
+                    self._link(synced, field, link, row) for link in fields[field.name]
+                ]
+        return synced.model(**values), m2m
+
+    def _link(self, synced, field, link, row):
+        if link is None:
+            return None
+        target = field.related_model
+        if synced.append_only:
+            return target._meta.pk.to_python(link["pk"])
+        if target in site_models:
+            pk = str(link["pk"])
+            label = target._meta.label_lower
+            if row.action != "delete" and pk not in self.present[label]:
+                gone = self.versions.get((label, target._meta.pk.to_python(pk)))
+                if gone is not None and gone.deleted:
+                    raise _Unusable(f"it links to {label} {pk}, which was deleted")
+                raise _Waiting(
+                    f"record:{label}:{pk}", f"waits for {label} {pk} to arrive"
+                )
+            return target._meta.pk.to_python(pk)
+        if "natural_key" in link and hasattr(target._default_manager, "get_by_natural_key"):
+            cache_key = (target, tuple(link["natural_key"]))
+            if cache_key not in self.natural:
+                try:
+                    found = target._default_manager.db_manager(
+                        self.using
+                    ).get_by_natural_key(*link["natural_key"])
+                except target.DoesNotExist:
+                    raise _Unusable(
+                        f"{target._meta.label} {link['natural_key']} is not on this "
+                        "node; add the reference data, then retry"
+                    ) from None
+                self.natural[cache_key] = found.pk
+            return self.natural[cache_key]
+        return target._meta.pk.to_python(link["pk"])
+
+    # -- writing ---------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Write pending records, one statement per model."""
+        for label, records in self.pending.items():
+            if not records:
+                continue
+            synced = site_models.get(label)
+            objs = [obj for obj, _ in records.values()]
+            manager = synced.model._base_manager.using(self.using)
+            if synced.append_only:
+                manager.bulk_create(objs, ignore_conflicts=True)
+            else:
+                manager.bulk_create(
+                    objs,
+                    update_conflicts=True,
+                    unique_fields=[synced.model._meta.pk.name],
+                    update_fields=[f.name for f in synced.fields()],
+                )
+            for obj, m2m in records.values():
+                for name, pks in m2m.items():
+                    getattr(obj, name).set(pks)
+                self.arrived.add(f"record:{label}:{obj.pk}")
+            records.clear()
+
+    def _delete(self, synced, row) -> bool:
+        """Delete a record now; record an error if something protects it."""
+        self._flush()
+        rows = synced.model._base_manager.using(self.using).filter(pk=row.record_id)
+        try:
+            with transaction.atomic(using=self.using):
+                collector = Collector(using=self.using)
+                collector.collect(list(rows))
+                collector.delete()
+        except ProtectedError as exc:
+            self._fail(row, f"cannot delete: {_users(exc.protected_objects)}")
+            return False
+        except RestrictedError as exc:
+            self._fail(row, f"cannot delete: {_users(exc.restricted_objects)}")
+            return False
+        self.present[synced.label].discard(str(row.record_id))
+        return True
+
+    # -- outcomes --------------------------------------------------------------
+
+    def _applied(self, row) -> None:
+        self._set(row, IncomingStatus.APPLIED)
+        self.arrived.add(f"tx:{row.id}")
+        self.report.applied += 1
+
+    def _park(self, row, token: str, reason: str) -> None:
+        self._set(row, IncomingStatus.PARKED, waiting_for=token, detail=reason)
+        self.blocked[(row.model, row.record_id)] = f"tx:{row.id}"
+        self.report.parked += 1
+        log.warning("parked %s#%s: %s", row.producer, row.sequence, reason)
+
+    def _fail(self, row, reason: str) -> None:
+        self._set(row, IncomingStatus.FAILED, detail=reason)
+        self.blocked[(row.model, row.record_id)] = f"tx:{row.id}"
+        self.report.failed += 1
+        log.warning("could not apply %s#%s: %s", row.producer, row.sequence, reason)
+
+    def _set(self, row, status, waiting_for: str = "", detail: str = "") -> None:
+        row.status = status
+        row.waiting_for = waiting_for
+        row.detail = detail
+        row.applied_at = self.now if status == IncomingStatus.APPLIED else None
+
+    def _save_outcomes(self, rows) -> None:
+        save_versions(list(self.changed_versions.values()), self.using)
+        Conflict.objects.using(self.using).bulk_create(self.conflicts)
+        incoming = IncomingTransaction.objects.using(self.using)
+        applied = [row.id for row in rows if row.status == IncomingStatus.APPLIED]
+        for start in range(0, len(applied), 500):
+            incoming.filter(id__in=applied[start : start + 500]).update(
+                status=IncomingStatus.APPLIED, waiting_for="", detail="", applied_at=self.now
+            )
+        others = [row for row in rows if row.status != IncomingStatus.APPLIED]
+        incoming.bulk_update(
+            others, ["status", "waiting_for", "detail", "applied_at"], batch_size=200
+        )
+        newest = max((row.hlc for row in rows), default=0)
+        if newest > self.clock.last_hlc:
+            self.clock.last_hlc = hlc.merge(self.clock.last_hlc, newest)
+            self.clock.save(using=self.using, update_fields=["last_hlc"])
+
+
+
+def _users(objects) -> str:
+    labels = sorted({obj._meta.verbose_name for obj in objects})
+    return f"still used by {len(objects)} {', '.join(labels)} record(s)"
+
+
+class _Waiting(Exception):
+    def __init__(self, token: str, reason: str):
+        self.token = token
+        self.reason = reason
+
+
+class _Unusable(Exception):
+    pass
+
+

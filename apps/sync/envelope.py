@@ -1,0 +1,241 @@
+"""Provides the envelope: one change, encrypted and signed by its producer.
+
+The header says who produced the change, where it sits in the producer's
+sequence and what it changes; the payload (the record, natural keys for its
+relations) is sealed with the deployment's data key, bound to the header; the
+producer's Ed25519 signature covers header and ciphertext, so a relay can
+carry an envelope but cannot alter or forge one.
+"""
+
+import base64
+import datetime
+import json
+import os
+import uuid
+from dataclasses import dataclass, fields
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from django.core.serializers.json import DjangoJSONEncoder
+
+from . import keys
+from .errors import EnvelopeInvalid
+
+FORMAT = 1
+ACTIONS = ("insert", "update", "delete")
+NONCE_BYTES = 12
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    id: uuid.UUID
+    producer: str
+    sequence: int
+    model: str
+    record_id: uuid.UUID
+    action: str
+    hlc: int
+    base_version: uuid.UUID | None
+    schema_version: str
+    key_id: str
+    nonce: bytes
+    ciphertext: bytes
+    signature: bytes = b""
+
+    def header_bytes(self) -> bytes:
+        """Return the canonical bytes of everything but the payload."""
+        header = {
+            "v": FORMAT,
+            "id": str(self.id),
+            "producer": self.producer,
+            "sequence": self.sequence,
+            "model": self.model,
+            "record_id": str(self.record_id),
+            "action": self.action,
+            "hlc": self.hlc,
+            "base_version": str(self.base_version) if self.base_version else None,
+            "schema_version": self.schema_version,
+            "key_id": self.key_id,
+        }
+        return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+
+    def signed_bytes(self) -> bytes:
+        return self.header_bytes() + self.nonce + self.ciphertext
+
+    def to_wire(self) -> dict:
+        """Return the JSON-ready form that travels over HTTP and in files."""
+        return {
+            "id": str(self.id),
+            "producer": self.producer,
+            "sequence": self.sequence,
+            "model": self.model,
+            "record_id": str(self.record_id),
+            "action": self.action,
+            "hlc": self.hlc,
+            "base_version": str(self.base_version) if self.base_version else None,
+            "schema_version": self.schema_version,
+            "key_id": self.key_id,
+            "nonce": _b64(self.nonce),
+            "ciphertext": _b64(self.ciphertext),
+            "signature": _b64(self.signature),
+        }
+
+    @classmethod
+    def from_wire(cls, data) -> "Envelope":
+        """Parse the wire form; raise EnvelopeInvalid naming the bad field."""
+        if not isinstance(data, dict):
+            raise EnvelopeInvalid("an envelope must be a JSON object", "bad_shape")
+        try:
+            return cls(
+                id=uuid.UUID(_typed(data, "id", str)),
+                producer=_typed(data, "producer", str),
+                sequence=_positive(data, "sequence"),
+                model=_typed(data, "model", str),
+                record_id=uuid.UUID(_typed(data, "record_id", str)),
+                action=_choice(data, "action", ACTIONS),
+                hlc=_positive(data, "hlc"),
+                base_version=(
+                    uuid.UUID(data["base_version"])
+                    if data.get("base_version") is not None
+                    else None
+                ),
+                schema_version=_typed(data, "schema_version", str),
+                key_id=_typed(data, "key_id", str),
+                nonce=base64.b64decode(_typed(data, "nonce", str), validate=True),
+                ciphertext=base64.b64decode(
+                    _typed(data, "ciphertext", str), validate=True
+                ),
+                signature=base64.b64decode(
+                    _typed(data, "signature", str), validate=True
+                ),
+            )
+        except EnvelopeInvalid:
+            raise
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise EnvelopeInvalid(f"malformed envelope: {exc}", "bad_shape") from exc
+
+    @classmethod
+    def from_row(cls, row) -> "Envelope":
+        """Build an envelope from a stored transaction row."""
+        return cls(**{f.name: _as_bytes(getattr(row, f.name)) for f in fields(cls)})
+
+
+class PayloadEncoder(DjangoJSONEncoder):
+    """JSON for payloads: like Django's, but times keep their microseconds."""
+
+    def default(self, o):
+        if isinstance(o, datetime.datetime | datetime.time):
+            return o.isoformat()
+        return super().default(o)
+
+
+def seal(
+    *,
+    producer: str,
+    sequence: int,
+    model: str,
+    record_id: uuid.UUID,
+    action: str,
+    hlc: int,
+    base_version: uuid.UUID | None,
+    schema_version: str,
+    payload: dict,
+    tx_id: uuid.UUID | None = None,
+) -> Envelope:
+    """Encrypt ``payload`` under the active data key and sign the result."""
+    keyring = keys.data_keyring()
+    unsigned = Envelope(
+        id=tx_id or uuid.uuid4(),
+        producer=producer,
+        sequence=sequence,
+        model=model,
+        record_id=record_id,
+        action=action,
+        hlc=hlc,
+        base_version=base_version,
+        schema_version=schema_version,
+        key_id=keyring.active_id,
+        nonce=os.urandom(NONCE_BYTES),
+        ciphertext=b"",
+    )
+    plaintext = json.dumps(payload, cls=PayloadEncoder, separators=(",", ":"))
+    ciphertext = keyring.cipher(keyring.active_id).encrypt(
+        unsigned.nonce, plaintext.encode(), unsigned.header_bytes()
+    )
+    sealed = _replace(unsigned, ciphertext=ciphertext)
+    return _replace(sealed, signature=keys.signing_key().sign(sealed.signed_bytes()))
+
+
+def verify(envelope: Envelope, public_key_text: str) -> None:
+    """Raise EnvelopeInvalid unless the producer's key signed ``envelope``."""
+    try:
+        keys.public_key_from_text(public_key_text).verify(
+            envelope.signature, envelope.signed_bytes()
+        )
+    except InvalidSignature:
+        raise EnvelopeInvalid(
+            f"signature of {envelope.producer}#{envelope.sequence} does not "
+            "match the producer's registered key",
+            "bad_signature",
+        ) from None
+
+
+def open_payload(envelope: Envelope) -> dict:
+    """Decrypt and return the payload; raise EnvelopeInvalid if it won't open."""
+    cipher = keys.data_keyring().cipher(envelope.key_id)
+    if cipher is None:
+        raise EnvelopeInvalid(
+            f"data key {envelope.key_id} is not on this node; copy the "
+            "deployment's data keys folder here",
+            "unknown_key",
+        )
+    try:
+        plaintext = cipher.decrypt(
+            envelope.nonce, envelope.ciphertext, envelope.header_bytes()
+        )
+    except InvalidTag:
+        raise EnvelopeInvalid(
+            f"payload of {envelope.producer}#{envelope.sequence} fails "
+            "authentication: it was altered or sealed under another key",
+            "bad_ciphertext",
+        ) from None
+    return json.loads(plaintext)
+
+
+def _replace(envelope: Envelope, **changes) -> Envelope:
+    values = {f.name: getattr(envelope, f.name) for f in fields(Envelope)}
+    values.update(changes)
+    return Envelope(**values)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _as_bytes(value):
+    return bytes(value) if isinstance(value, memoryview) else value
+
+
+def _typed(data: dict, name: str, kind: type):
+    value = data.get(name)
+    if not isinstance(value, kind):
+        raise EnvelopeInvalid(
+            f"field '{name}' must be {kind.__name__}, got {type(value).__name__}",
+            "bad_shape",
+        )
+    return value
+
+
+def _positive(data: dict, name: str) -> int:
+    value = data.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise EnvelopeInvalid(f"field '{name}' must be a positive integer", "bad_shape")
+    return value
+
+
+def _choice(data: dict, name: str, choices: tuple[str, ...]) -> str:
+    value = data.get(name)
+    if value not in choices:
+        raise EnvelopeInvalid(
+            f"field '{name}' must be one of {', '.join(choices)}", "bad_shape"
+        )
+    return value

@@ -1,0 +1,204 @@
+"""Provides the sync engine's tables: clock, outbox, incoming, versions, problems."""
+
+import uuid
+
+from django.db import models
+from django.utils import timezone
+
+
+class ProducerClock(models.Model):
+    """The last sequence number and clock value this node handed out.
+
+    Its row is locked by every captured write and every apply, so sequence
+    numbers are gap-free and follow commit order.
+    """
+
+    node_id = models.CharField(max_length=64, primary_key=True)
+    last_sequence = models.BigIntegerField(default=0)
+    last_hlc = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.node_id} at #{self.last_sequence}"
+
+
+class EnvelopeFields(models.Model):
+    """The columns of an envelope, kept exactly as signed."""
+
+    id = models.UUIDField(primary_key=True, editable=False)
+    producer = models.CharField(max_length=64)
+    sequence = models.BigIntegerField()
+    model = models.CharField(max_length=100)
+    record_id = models.UUIDField()
+    action = models.CharField(max_length=6)
+    hlc = models.BigIntegerField()
+    base_version = models.UUIDField(null=True, blank=True)
+    schema_version = models.CharField(max_length=20)
+    key_id = models.CharField(max_length=32)
+    nonce = models.BinaryField()
+    ciphertext = models.BinaryField()
+    signature = models.BinaryField()
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.producer}#{self.sequence} {self.action} {self.model}"
+
+
+class OutgoingTransaction(EnvelopeFields):
+    """A change made on this node, waiting to be carried upstream."""
+
+    created = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["producer", "sequence"], name="outgoing_producer_sequence"
+            )
+        ]
+
+
+class IncomingStatus(models.TextChoices):
+    RECEIVED = "received", "received, not applied yet"
+    APPLIED = "applied", "applied"
+    PARKED = "parked", "waiting for a record that has not arrived"
+    CONFLICT = "conflict", "lost a conflict; kept"
+    FAILED = "failed", "could not be applied"
+
+
+class IncomingTransaction(EnvelopeFields):
+    """A change received from another node, and what became of it."""
+
+    delivered_by = models.CharField(max_length=64)
+    received_at = models.DateTimeField(default=timezone.now)
+    status = models.CharField(
+        max_length=10, choices=IncomingStatus.choices, default=IncomingStatus.RECEIVED
+    )
+    waiting_for = models.CharField(max_length=200, blank=True, default="")
+    detail = models.TextField(blank=True, default="")
+    applied_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["producer", "sequence"], name="incoming_producer_sequence"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["status", "waiting_for"]),
+            models.Index(fields=["model", "record_id"]),
+        ]
+
+
+class RejectedEnvelope(models.Model):
+    """An envelope refused on arrival (bad signature, unknown key, ...)."""
+
+    received_at = models.DateTimeField(default=timezone.now)
+    delivered_by = models.CharField(max_length=64)
+    producer = models.CharField(max_length=64, blank=True)
+    sequence = models.BigIntegerField(null=True, blank=True)
+    code = models.CharField(max_length=40)
+    detail = models.TextField()
+    envelope = models.JSONField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.producer}#{self.sequence}: {self.code}"
+
+
+class ProducerState(models.Model):
+    """How far this node holds and has applied one producer's sequence."""
+
+    producer = models.CharField(max_length=64, primary_key=True)
+    contiguous = models.BigIntegerField(default=0)
+    highest = models.BigIntegerField(default=0)
+    processed_through = models.BigIntegerField(default=0)
+
+    def __str__(self) -> str:
+        return f"{self.producer}: held to #{self.contiguous}"
+
+
+class RecordVersion(models.Model):
+    """The transaction that made the current version of a record here."""
+
+    model = models.CharField(max_length=100)
+    record_id = models.UUIDField()
+    tx_id = models.UUIDField()
+    hlc = models.BigIntegerField()
+    producer = models.CharField(max_length=64)
+    deleted = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["model", "record_id"], name="one_version_per_record"
+            )
+        ]
+
+
+class Conflict(models.Model):
+    """A version that lost to a concurrent one; kept so it can be re-applied."""
+
+    class Kind(models.TextChoices):
+        CONCURRENT = "concurrent", "changed on two nodes"
+        EDIT_AFTER_DELETE = "edit_after_delete", "edited after it was deleted"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    created = models.DateTimeField(default=timezone.now)
+    model = models.CharField(max_length=100)
+    record_id = models.UUIDField()
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    winner_tx = models.UUIDField()
+    winner_producer = models.CharField(max_length=64)
+    winner_hlc = models.BigIntegerField()
+    loser_tx = models.UUIDField()
+    loser_producer = models.CharField(max_length=64)
+    loser_hlc = models.BigIntegerField()
+    loser_action = models.CharField(max_length=6)
+    loser_payload = models.JSONField()
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolution = models.CharField(max_length=200, blank=True, default="")
+
+    def __str__(self) -> str:
+        return f"{self.model} {self.record_id}: {self.get_kind_display()}"
+
+
+class Node(models.Model):
+    """A node allowed to deliver to this one: its key, credential and rights."""
+
+    class Role(models.TextChoices):
+        CLIENT = "client"
+        MIDDLEMAN = "middleman"
+        COMMUNITY = "community"
+        CENTRAL = "central"
+
+    node_id = models.CharField(max_length=64, primary_key=True)
+    role = models.CharField(max_length=10, choices=Role.choices)
+    public_key = models.CharField(max_length=64, help_text="Ed25519, base64")
+    token_hash = models.CharField(max_length=64, blank=True, default="")
+    is_active = models.BooleanField(default=True)
+    can_relay = models.BooleanField(
+        default=False, help_text="May deliver envelopes produced by other nodes."
+    )
+    created = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.node_id} ({self.role})"
+
+
+class Acknowledgement(models.Model):
+    """How far ``holder`` is known to hold the sequence of ``producer``."""
+
+    holder = models.CharField(max_length=64)
+    producer = models.CharField(max_length=64)
+    through_sequence = models.BigIntegerField(default=0)
+    updated = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["holder", "producer"], name="one_ack_per_holder_producer"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.holder} holds {self.producer} to #{self.through_sequence}"

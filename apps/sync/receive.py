@@ -1,0 +1,166 @@
+"""Provides receive: verify envelopes and store them, once, for apply.
+
+Storing is separate from applying: a delivery is acknowledged as soon as its
+envelopes are safely stored, and apply works through them in bounded chunks.
+"""
+
+import logging
+from dataclasses import dataclass, field
+
+from django.db import transaction
+from django.db.models import Max
+
+from . import envelope
+from .errors import EnvelopeInvalid
+from .models import IncomingTransaction, Node, ProducerState, RejectedEnvelope
+
+log = logging.getLogger(__name__)
+security_log = logging.getLogger("sync.security")
+
+
+@dataclass
+class Receipt:
+    """What became of one delivery."""
+
+    stored: int = 0
+    duplicates: int = 0
+    rejected: list[dict] = field(default_factory=list)
+    acknowledged: dict[str, int] = field(default_factory=dict)
+
+
+def receive(
+    envelopes: list[envelope.Envelope], delivered_by: str, using: str = "default"
+) -> Receipt:
+    """Verify and store ``envelopes``; return what is held per producer."""
+    receipt = Receipt()
+    producers = {e.producer for e in envelopes}
+    keys = dict(
+        Node.objects.using(using)
+        .filter(node_id__in=producers, is_active=True)
+        .values_list("node_id", "public_key")
+    )
+    valid = []
+    for item in envelopes:
+        try:
+            if item.producer not in keys:
+                raise EnvelopeInvalid(
+                    f"producer {item.producer} is not an active node here; "
+                    "register it with: manage.py sync node add",
+                    "unknown_producer",
+                )
+            envelope.verify(item, keys[item.producer])
+            valid.append(item)
+        except EnvelopeInvalid as exc:
+            receipt.rejected.append(_reject(item, exc, delivered_by, using))
+
+    with transaction.atomic(using=using):
+        for producer in sorted(producers):
+            mine = [e for e in valid if e.producer == producer]
+            _store(producer, mine, delivered_by, receipt, using)
+    return receipt
+
+
+def _store(producer, envelopes, delivered_by, receipt, using) -> None:
+    held = dict(
+        IncomingTransaction.objects.using(using)
+        .filter(producer=producer, sequence__in=[e.sequence for e in envelopes])
+        .values_list("sequence", "id")
+    )
+    fresh = {}
+    for item in envelopes:
+        if item.sequence not in held and item.sequence not in fresh:
+            fresh[item.sequence] = item
+        elif held.get(item.sequence, item.id) == item.id:
+            receipt.duplicates += 1
+        else:
+            # A laptop restored from an old backup hands out numbers again.
+            receipt.rejected.append(
+                _reject(
+                    item,
+                    EnvelopeInvalid(
+                        f"{producer}#{item.sequence} is already held with other "
+                        "content: the producer reused a sequence number (was "
+                        "it restored from a backup?)",
+                        "sequence_reused",
+                    ),
+                    delivered_by,
+                    using,
+                )
+            )
+    IncomingTransaction.objects.using(using).bulk_create(
+        [_row(e, delivered_by) for e in fresh.values()], ignore_conflicts=True
+    )
+    receipt.stored += len(fresh)
+    state = advance(producer, using)
+    receipt.acknowledged[producer] = state.contiguous
+
+
+def advance(producer: str, using: str = "default") -> ProducerState:
+    """Move the producer's contiguous mark over every sequence now held."""
+    state, _ = (
+        ProducerState.objects.using(using)
+        .select_for_update()
+        .get_or_create(producer=producer)
+    )
+    held = IncomingTransaction.objects.using(using).filter(producer=producer)
+    while True:
+        sequences = list(
+            held.filter(sequence__gt=state.contiguous)
+            .order_by("sequence")
+            .values_list("sequence", flat=True)[:5000]
+        )
+        step = 0
+        for expected, sequence in enumerate(sequences, start=state.contiguous + 1):
+            if sequence != expected:
+                break
+            step += 1
+        state.contiguous += step
+        if step < 5000:
+            break
+    highest = held.aggregate(top=Max("sequence"))["top"] or 0
+    state.highest = max(state.highest, highest)
+    state.save(using=using)
+    return state
+
+
+def _row(item: envelope.Envelope, delivered_by: str) -> IncomingTransaction:
+    return IncomingTransaction(
+        id=item.id,
+        producer=item.producer,
+        sequence=item.sequence,
+        model=item.model,
+        record_id=item.record_id,
+        action=item.action,
+        hlc=item.hlc,
+        base_version=item.base_version,
+        schema_version=item.schema_version,
+        key_id=item.key_id,
+        nonce=item.nonce,
+        ciphertext=item.ciphertext,
+        signature=item.signature,
+        delivered_by=delivered_by,
+    )
+
+
+def _reject(item, exc: EnvelopeInvalid, delivered_by: str, using: str) -> dict:
+    security_log.warning(
+        "rejected %s#%s delivered by %s: %s",
+        item.producer,
+        item.sequence,
+        delivered_by,
+        exc.reason,
+    )
+    RejectedEnvelope.objects.using(using).create(
+        delivered_by=delivered_by,
+        producer=item.producer,
+        sequence=item.sequence,
+        code=exc.code,
+        detail=exc.reason,
+        envelope=item.to_wire(),
+    )
+    return {
+        "producer": item.producer,
+        "sequence": item.sequence,
+        "code": exc.code,
+        "detail": exc.reason,
+    }

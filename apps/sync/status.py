@@ -1,0 +1,85 @@
+"""Provides what a node knows of its own sync: pending, held, problems."""
+
+from django.conf import settings
+from django.db.models import Count, Q
+
+from .models import (
+    Acknowledgement,
+    Conflict,
+    IncomingStatus,
+    IncomingTransaction,
+    OutgoingTransaction,
+    ProducerState,
+    RejectedEnvelope,
+)
+
+
+def upstream_acknowledged(holder: str | None = None) -> int:
+    """Return how far upstream holds this node's own sequence."""
+    acks = Acknowledgement.objects.filter(producer=settings.SYNC_NODE_ID)
+    if holder:
+        acks = acks.filter(holder=holder)
+    return max(acks.values_list("through_sequence", flat=True), default=0)
+
+
+def node_status() -> dict:
+    outgoing = OutgoingTransaction.objects.filter(producer=settings.SYNC_NODE_ID)
+    acknowledged = upstream_acknowledged()
+    counts = {
+        row["producer"]: row
+        for row in IncomingTransaction.objects.values("producer").annotate(
+            applied=Count("id", filter=Q(status=IncomingStatus.APPLIED)),
+            parked=Count("id", filter=Q(status=IncomingStatus.PARKED)),
+            failed=Count("id", filter=Q(status=IncomingStatus.FAILED)),
+            conflicts=Count("id", filter=Q(status=IncomingStatus.CONFLICT)),
+            held=Count("id"),
+        )
+    }
+    producers = []
+    for state in ProducerState.objects.order_by("producer"):
+        row = counts.get(state.producer, {})
+        producers.append(
+            {
+                "producer": state.producer,
+                "contiguous": state.contiguous,
+                "highest": state.highest,
+                "gaps": state.highest - row.get("held", 0),
+                "applied": row.get("applied", 0),
+                "parked": row.get("parked", 0),
+                "failed": row.get("failed", 0),
+                "conflicts": row.get("conflicts", 0),
+            }
+        )
+    last_push = (
+        Acknowledgement.objects.filter(producer=settings.SYNC_NODE_ID)
+        .order_by("-updated")
+        .values_list("updated", flat=True)
+        .first()
+    )
+    return {
+        "node": settings.SYNC_NODE_ID,
+        "role": settings.SYNC_ROLE,
+        "upstream": settings.SYNC_UPSTREAM_URL,
+        "outgoing_total": outgoing.count(),
+        "outgoing_pending": outgoing.filter(sequence__gt=acknowledged).count(),
+        "acknowledgements": list(Acknowledgement.objects.order_by("holder", "producer")),
+        "last_push": last_push,
+        "producers": producers,
+        "rejected": RejectedEnvelope.objects.count(),
+        "open_conflicts": Conflict.objects.filter(resolved_at=None).count(),
+    }
+
+
+def problems(limit: int = 200) -> dict:
+    """Return what needs a person's attention, newest first."""
+    return {
+        "incoming": list(
+            IncomingTransaction.objects.filter(
+                status__in=[IncomingStatus.PARKED, IncomingStatus.FAILED]
+            ).order_by("producer", "sequence")[:limit]
+        ),
+        "rejected": list(RejectedEnvelope.objects.order_by("-received_at")[:limit]),
+        "conflicts": list(
+            Conflict.objects.filter(resolved_at=None).order_by("-created")[:limit]
+        ),
+    }
