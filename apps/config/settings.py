@@ -182,3 +182,6 @@ LOGGING = {
 # travels. Nodes talk when their versions are at most SYNC_SCHEMA_SPAN apart.
 SYNC_SCHEMA_VERSION = env.int("SYNC_SCHEMA_VERSION", default=1)
 SYNC_SCHEMA_SPAN = env.int("SYNC_SCHEMA_SPAN", default=1)
+SYNC_MAX_CHUNK = env.int("SYNC_MAX_CHUNK", default=5000)
+SYNC_HTTP_TIMEOUT = env.float("SYNC_HTTP_TIMEOUT", default=60.0)
+SYNC_RETRY_SECONDS = env.float("SYNC_RETRY_SECONDS", default=120.0)

@@ -245,7 +245,7 @@ class _Chunk:
             self._fail(row, f"payload does not fit {row.model}: {exc}")
             return
         if synced.append_only:
-            self.pending[synced.label][row.record_id] = (obj, m2m, True)
+            self.pending[synced.label][row.record_id] = (obj, m2m)
             self._applied(row)
             return
 

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass, fields
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.core.serializers.json import DjangoJSONEncoder
 
 from . import keys
@@ -140,8 +141,13 @@ def seal(
     schema_version: str,
     payload: dict,
     tx_id: uuid.UUID | None = None,
+    signing_key: Ed25519PrivateKey | None = None,
 ) -> Envelope:
-    """Encrypt ``payload`` under the active data key and sign the result."""
+    """Encrypt ``payload`` under the active data key and sign the result.
+
+    The signature is this node's unless ``signing_key`` is given (a test that
+    plays another node signs with that node's key).
+    """
     keyring = keys.data_keyring()
     unsigned = Envelope(
         id=tx_id or uuid.uuid4(),
@@ -162,7 +168,8 @@ def seal(
         unsigned.nonce, plaintext.encode(), unsigned.header_bytes()
     )
     sealed = _replace(unsigned, ciphertext=ciphertext)
-    return _replace(sealed, signature=keys.signing_key().sign(sealed.signed_bytes()))
+    signer = signing_key or keys.signing_key()
+    return _replace(sealed, signature=signer.sign(sealed.signed_bytes()))
 
 
 def verify(envelope: Envelope, public_key_text: str) -> None:

@@ -1,7 +1,262 @@
-"""Provides the sync API's error handling (views come with the push issue)."""
+"""Provides the sync HTTP API (version 1): node authentication, push, held.
 
+Every error leaves as JSON with a status, a stable ``code`` and a ``detail``
+that says what to do; nothing is stored unless the whole delivery is valid.
+"""
+
+import gzip
+import hmac
+import json
+import logging
+import zlib
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import exceptions, serializers, status
+from rest_framework.authentication import BaseAuthentication
+from rest_framework.parsers import BaseParser
+from rest_framework.permissions import BasePermission
+from rest_framework.response import Response
+from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
+
+from ..apply import apply_pending
+from ..envelope import Envelope
+from ..errors import EnvelopeInvalid
+from ..models import Node, ProducerState
+from ..receive import receive
+from ..tokens import hash_token
+
+log = logging.getLogger(__name__)
+security_log = logging.getLogger("sync.security")
+
+
+class SchemaMismatch(exceptions.APIException):
+    status_code = status.HTTP_426_UPGRADE_REQUIRED
+    default_code = "schema_mismatch"
+
+
+class PayloadTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "too_large"
 
 
 def exception_handler(exc, context):
-    return drf_exception_handler(exc, context)
+    """Answer every API error as {"code": ..., "detail": ...}."""
+    if isinstance(exc, RequestDataTooBig):
+        exc = PayloadTooLarge("The body is too large; send smaller chunks.")
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(exc, exceptions.APIException):
+        detail = exc.detail if isinstance(exc.detail, str) else response.data
+        response.data = {"code": _code(exc), "detail": detail}
+    return response
+
+
+def _code(exc: exceptions.APIException) -> str:
+    codes = exc.get_codes()
+    return codes if isinstance(codes, str) else exc.default_code
+
+
+class NodeAuthentication(BaseAuthentication):
+    """``Authorization: Node <node id>:<token>``, checked against the register."""
+
+    keyword = "Node"
+
+    def authenticate(self, request):
+        header = request.META.get("HTTP_AUTHORIZATION", "")
+        keyword, _, credential = header.partition(" ")
+        if keyword != self.keyword:
+            return None
+        node_id, _, token = credential.partition(":")
+        node = Node.objects.filter(node_id=node_id).first()
+        if node is None or not node.token_hash or not hmac.compare_digest(
+            node.token_hash, hash_token(token)
+        ):
+            security_log.warning(
+                "refused credentials for node %r from %s", node_id, _client(request)
+            )
+            raise exceptions.AuthenticationFailed(
+                "Unknown node or wrong token. Check NODE_ID and UPSTREAM_TOKEN, "
+                "and that this node is registered upstream (sync node add)."
+            )
+        if not node.is_active:
+            security_log.warning(
+                "revoked node %s tried to connect from %s", node_id, _client(request)
+            )
+            raise exceptions.PermissionDenied(
+                f"Node {node_id} is revoked on this server; ask its administrator."
+            )
+        return (node, None)
+
+    def authenticate_header(self, request):
+        return self.keyword
+
+
+class IsNode(BasePermission):
+    def has_permission(self, request, view):
+        return isinstance(request.user, Node)
+
+
+class EnvelopeBatchParser(BaseParser):
+    """JSON, optionally gzip-compressed, with a cap on the inflated size."""
+
+    media_type = "application/json"
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        request = parser_context["request"]
+        limit = settings.SYNC_MAX_BODY_BYTES
+        body = stream.read() if stream is not None else b""
+        if request.META.get("HTTP_CONTENT_ENCODING", "") == "gzip":
+            try:
+                inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                body = inflater.decompress(body, limit + 1)
+                if len(body) > limit or inflater.unconsumed_tail:
+                    raise PayloadTooLarge(
+                        f"The body inflates past {limit} bytes; send smaller chunks."
+                    )
+            except (zlib.error, gzip.BadGzipFile) as exc:
+                raise exceptions.ParseError(f"The body is not valid gzip: {exc}")
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise exceptions.ParseError(f"The body is not valid JSON: {exc}")
+
+
+class NodeAPIView(APIView):
+    authentication_classes = [NodeAuthentication]
+    permission_classes = [IsNode]
+    parser_classes = [EnvelopeBatchParser]
+
+
+_push_request = inline_serializer(
+    "PushRequest",
+    {
+        "schema_version": serializers.IntegerField(),
+        "envelopes": serializers.ListField(child=serializers.DictField()),
+    },
+)
+_push_response = inline_serializer(
+    "PushResponse",
+    {
+        "node": serializers.CharField(),
+        "acknowledged": serializers.DictField(child=serializers.IntegerField()),
+        "stored": serializers.IntegerField(),
+        "duplicates": serializers.IntegerField(),
+        "rejected": serializers.ListField(child=serializers.DictField()),
+        "applied": serializers.DictField(child=serializers.IntegerField()),
+    },
+)
+
+
+class PushView(NodeAPIView):
+    """Store a chunk of envelopes, acknowledge it, and apply one chunk."""
+
+    @extend_schema(
+        request=_push_request,
+        responses={
+            200: _push_response,
+            400: OpenApiResponse(description="malformed body or envelope"),
+            401: OpenApiResponse(description="unknown node or wrong token"),
+            403: OpenApiResponse(description="revoked node or foreign producer"),
+            413: OpenApiResponse(description="body too large"),
+            426: OpenApiResponse(description="schema versions too far apart"),
+        },
+    )
+    def post(self, request):
+        node: Node = request.user
+        data = request.data
+        if not isinstance(data, dict):
+            raise exceptions.ParseError("The body must be a JSON object.")
+        check_schema_version(data.get("schema_version"))
+        raw = data.get("envelopes")
+        if not isinstance(raw, list):
+            raise exceptions.ParseError("'envelopes' must be a list.")
+        if len(raw) > settings.SYNC_MAX_CHUNK:
+            raise PayloadTooLarge(
+                f"{len(raw)} envelopes in one chunk; send at most "
+                f"{settings.SYNC_MAX_CHUNK}."
+            )
+        envelopes = []
+        for index, item in enumerate(raw):
+            try:
+                envelopes.append(Envelope.from_wire(item))
+            except EnvelopeInvalid as exc:
+                raise exceptions.ParseError(f"envelopes[{index}]: {exc.reason}")
+        foreign = sorted({e.producer for e in envelopes} - {node.node_id})
+        if foreign and not node.can_relay:
+            security_log.warning(
+                "node %s tried to deliver envelopes of %s; refused",
+                node.node_id,
+                ", ".join(foreign),
+            )
+            raise exceptions.PermissionDenied(
+                f"Node {node.node_id} may deliver only its own transactions, not "
+                f"those of {', '.join(foreign)}; register it as a relay to carry them."
+            )
+        receipt = receive(envelopes, delivered_by=node.node_id)
+        report = apply_pending(max_chunks=1)
+        log.info(
+            "push from %s: %d stored, %d duplicates, %d rejected",
+            node.node_id,
+            receipt.stored,
+            receipt.duplicates,
+            len(receipt.rejected),
+        )
+        return Response(
+            {
+                "node": settings.SYNC_NODE_ID,
+                "acknowledged": receipt.acknowledged,
+                "stored": receipt.stored,
+                "duplicates": receipt.duplicates,
+                "rejected": receipt.rejected,
+                "applied": vars(report),
+            }
+        )
+
+
+class HeldView(NodeAPIView):
+    """Say how far this server holds the caller's sequence, to resume from."""
+
+    @extend_schema(
+        responses=inline_serializer(
+            "Held",
+            {
+                "node": serializers.CharField(),
+                "producer": serializers.CharField(),
+                "held_through": serializers.IntegerField(),
+                "schema_version": serializers.IntegerField(),
+            },
+        )
+    )
+    def get(self, request):
+        producer = request.query_params.get("producer", request.user.node_id)
+        if producer != request.user.node_id and not request.user.can_relay:
+            raise exceptions.PermissionDenied("Ask only about your own sequence.")
+        state = ProducerState.objects.filter(producer=producer).first()
+        return Response(
+            {
+                "node": settings.SYNC_NODE_ID,
+                "producer": producer,
+                "held_through": state.contiguous if state else 0,
+                "schema_version": settings.SYNC_SCHEMA_VERSION,
+            }
+        )
+
+
+def check_schema_version(version) -> None:
+    """Refuse a node whose data schema is too far from this one's."""
+    mine = settings.SYNC_SCHEMA_VERSION
+    span = settings.SYNC_SCHEMA_SPAN
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise exceptions.ParseError("'schema_version' must be an integer.")
+    if abs(version - mine) > span:
+        raise SchemaMismatch(
+            f"This server runs schema version {mine} and talks to versions "
+            f"{mine - span} to {mine + span}; the sender runs {version}. Update "
+            "the older node; its data stays safe in its outbox until then."
+        )
+
+
+def _client(request) -> str:
+    return request.META.get("REMOTE_ADDR", "?")

@@ -1,7 +1,5 @@
 """The one command for sync: keys, nodes, status, apply, retry, push, pull, files."""
 
-import hashlib
-import secrets
 import sys
 
 from django.conf import settings
@@ -12,6 +10,7 @@ from sync import keys
 from sync.apply import apply_pending, retry
 from sync.models import Conflict, IncomingStatus, IncomingTransaction, Node
 from sync.status import node_status, problems
+from sync.tokens import hash_token, new_token
 
 
 class Command(BaseCommand):
@@ -118,7 +117,7 @@ class Command(BaseCommand):
         except ValueError as exc:
             raise CommandError(f"--public-key is not an Ed25519 key: {exc}") from exc
         token = "" if options["no_token"] else (
-            options["token"] or secrets.token_urlsafe(32)
+            options["token"] or new_token()
         )
         with transaction.atomic():
             Node.objects.update_or_create(
@@ -227,7 +226,3 @@ class Command(BaseCommand):
                 self.stdout.write(str(summary))
         except PushFailed as exc:
             raise CommandError(str(exc)) from exc
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
