@@ -49,8 +49,8 @@ SECRET_KEY = _secret("SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG and ROLE != "client":
         raise ImproperlyConfigured(
-            "SECRET_KEY (or SECRET_KEY_FILE) is required on servers; "
-            "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+            "SECRET_KEY (or SECRET_KEY_FILE) is required on servers; generate "
+            "one with: python -c 'import secrets; print(secrets.token_urlsafe(50))'"
         )
     SECRET_KEY = f"insecure-local-{NODE_ID}"
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
@@ -108,9 +108,7 @@ TEMPLATES = [
 # IMMEDIATE transactions take SQLite's write lock up front, so two writers
 # queue instead of failing with "database is locked" half way.
 DATABASES = {
-    "default": env.db(
-        "DATABASE_URL", default=f"sqlite:///{NODE_DIR / 'db.sqlite3'}"
-    )
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{NODE_DIR / 'db.sqlite3'}")
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(

@@ -7,7 +7,9 @@ from django.urls import include, path
 
 
 def health(request):
-    return JsonResponse({"status": "ok", "role": settings.ROLE, "node": settings.NODE_ID})
+    return JsonResponse(
+        {"status": "ok", "role": settings.ROLE, "node": settings.NODE_ID}
+    )
 
 
 urlpatterns = [

@@ -8,7 +8,6 @@ from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.utils import timezone
-
 from sync.base import SyncedHistoricalRecords, SyncManager, SyncModel
 
 from .identifiers import next_identifier
@@ -272,7 +271,9 @@ class SubjectRequisition(SyncModel):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["visit", "panel"], name="one_panel_per_visit")
+            models.UniqueConstraint(
+                fields=["visit", "panel"], name="one_panel_per_visit"
+            )
         ]
 
     def __str__(self) -> str:

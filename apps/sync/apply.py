@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import transaction
 from django.db.models import F, ProtectedError, RestrictedError
 from django.db.models.deletion import Collector
 from django.utils import timezone
@@ -66,9 +66,7 @@ class ApplyReport:
         )
 
 
-def apply_pending(
-    max_chunks: int | None = None, using: str = "default"
-) -> ApplyReport:
+def apply_pending(max_chunks: int | None = None, using: str = "default") -> ApplyReport:
     """Apply what has been received, chunk by chunk; return the totals."""
     report = ApplyReport()
     started = time.monotonic()
@@ -81,7 +79,10 @@ def apply_pending(
         chunks += 1
     if chunks:
         log.info(
-            "applied %d chunks in %.1f s: %s", chunks, time.monotonic() - started, report
+            "applied %d chunks in %.1f s: %s",
+            chunks,
+            time.monotonic() - started,
+            report,
         )
     return report
 
@@ -190,7 +191,9 @@ class _Chunk:
         payloads = {}
         for row in rows:
             try:
-                payloads[row.id] = envelope.open_payload(envelope.Envelope.from_row(row))
+                payloads[row.id] = envelope.open_payload(
+                    envelope.Envelope.from_row(row)
+                )
             except EnvelopeInvalid as exc:
                 self._fail(row, exc.reason)
         return payloads
@@ -223,7 +226,9 @@ class _Chunk:
         for model, pks in wanted.items():
             label = model._meta.label_lower
             found = model._base_manager.using(self.using).filter(pk__in=pks)
-            self.present[label].update(str(pk) for pk in found.values_list("pk", flat=True))
+            self.present[label].update(
+                str(pk) for pk in found.values_list("pk", flat=True)
+            )
 
     # -- deciding --------------------------------------------------------------
 
@@ -314,8 +319,12 @@ class _Chunk:
         )
         self.report.conflicts += 1
         log.warning(
-            "conflict on %s %s: %s#%s %s", row.model, row.record_id, row.producer,
-            row.sequence, "kept as loser" if incoming else "won",
+            "conflict on %s %s: %s#%s %s",
+            row.model,
+            row.record_id,
+            row.producer,
+            row.sequence,
+            "kept as loser" if incoming else "won",
         )
         if incoming:
             self._set(row, IncomingStatus.CONFLICT, detail=f"lost to {winner[1]}")
@@ -394,7 +403,9 @@ class _Chunk:
                     f"record:{label}:{pk}", f"waits for {label} {pk} to arrive"
                 )
             return target._meta.pk.to_python(pk)
-        if "natural_key" in link and hasattr(target._default_manager, "get_by_natural_key"):
+        if "natural_key" in link and hasattr(
+            target._default_manager, "get_by_natural_key"
+        ):
             cache_key = (target, tuple(link["natural_key"]))
             if cache_key not in self.natural:
                 try:
@@ -485,7 +496,10 @@ class _Chunk:
         applied = [row.id for row in rows if row.status == IncomingStatus.APPLIED]
         for start in range(0, len(applied), 500):
             incoming.filter(id__in=applied[start : start + 500]).update(
-                status=IncomingStatus.APPLIED, waiting_for="", detail="", applied_at=self.now
+                status=IncomingStatus.APPLIED,
+                waiting_for="",
+                detail="",
+                applied_at=self.now,
             )
         others = [row for row in rows if row.status != IncomingStatus.APPLIED]
         incoming.bulk_update(
@@ -495,7 +509,6 @@ class _Chunk:
         if newest > self.clock.last_hlc:
             self.clock.last_hlc = hlc.merge(self.clock.last_hlc, newest)
             self.clock.save(using=self.using, update_fields=["last_hlc"])
-
 
 
 def _users(objects) -> str:
@@ -511,5 +524,3 @@ class _Waiting(Exception):
 
 class _Unusable(Exception):
     pass
-
-

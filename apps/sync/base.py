@@ -102,7 +102,6 @@ class SyncedHistoricalRecords(HistoricalRecords):
             super().post_delete(instance, using=using, **kwargs)
 
 
-
 @receiver(pre_create_historical_record)
 def _record_username(sender, history_instance, history_user=None, **kwargs):
     if isinstance(history_instance, NodeAudit) and history_user is not None:

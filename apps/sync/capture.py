@@ -10,7 +10,6 @@ import logging
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
-from django.utils import timezone
 from django.db.models.signals import (
     m2m_changed,
     post_delete,
@@ -18,6 +17,7 @@ from django.db.models.signals import (
     pre_delete,
     pre_save,
 )
+from django.utils import timezone
 
 from . import envelope, hlc, state
 from .models import OutgoingTransaction, ProducerClock, RecordVersion
@@ -110,7 +110,10 @@ def capture_created(model, instances, using: str = "default") -> None:
             manager.model(
                 history_type="+",
                 history_date=now,
-                **{f.attname: getattr(i, f.attname) for f in manager.model.tracked_fields},
+                **{
+                    f.attname: getattr(i, f.attname)
+                    for f in manager.model.tracked_fields
+                },
             )
             for i in instances
         ]
@@ -205,5 +208,3 @@ def connect() -> None:
     post_save.connect(_after_save, dispatch_uid=f"{uid}.post_save")
     post_delete.connect(_after_delete, dispatch_uid=f"{uid}.post_delete")
     m2m_changed.connect(_after_m2m_change, dispatch_uid=f"{uid}.m2m")
-
-

@@ -55,7 +55,9 @@ def check_registered_models(app_configs=None, **kwargs) -> list[checks.CheckMess
                     id="sync.E004",
                 )
             )
-        dependencies = set(getattr(getattr(model, "natural_key", None), "dependencies", []))
+        dependencies = set(
+            getattr(getattr(model, "natural_key", None), "dependencies", [])
+        )
         for field in model._meta.get_fields():
             target = getattr(field, "related_model", None)
             if not (field.concrete and field.is_relation) or target in (None, model):

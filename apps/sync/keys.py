@@ -70,8 +70,10 @@ def signing_key() -> Ed25519PrivateKey:
 
 def public_key_text(key: Ed25519PrivateKey | None = None) -> str:
     """Return this node's public key as base64 text, for a node register."""
-    raw = (key or signing_key()).public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    raw = (
+        (key or signing_key())
+        .public_key()
+        .public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     )
     return base64.b64encode(raw).decode()
 

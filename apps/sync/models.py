@@ -134,6 +134,10 @@ class RecordVersion(models.Model):
             )
         ]
 
+    def __str__(self) -> str:
+        state = "deleted" if self.deleted else "current"
+        return f"{self.model} {self.record_id}: {state} as of {self.tx_id}"
+
 
 class Conflict(models.Model):
     """A version that lost to a concurrent one; kept so it can be re-applied."""

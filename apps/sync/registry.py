@@ -40,9 +40,7 @@ class SyncedModel:
         ]
 
     def m2m_fields(self) -> list[models.ManyToManyField]:
-        return [
-            f for f in self.model._meta.many_to_many if f.name not in self.exclude
-        ]
+        return [f for f in self.model._meta.many_to_many if f.name not in self.exclude]
 
 
 class Registry:

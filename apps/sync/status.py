@@ -62,7 +62,9 @@ def node_status() -> dict:
         "upstream": settings.SYNC_UPSTREAM_URL,
         "outgoing_total": outgoing.count(),
         "outgoing_pending": outgoing.filter(sequence__gt=acknowledged).count(),
-        "acknowledgements": list(Acknowledgement.objects.order_by("holder", "producer")),
+        "acknowledgements": list(
+            Acknowledgement.objects.order_by("holder", "producer")
+        ),
         "last_push": last_push,
         "producers": producers,
         "rejected": RejectedEnvelope.objects.count(),

@@ -70,8 +70,10 @@ class NodeAuthentication(BaseAuthentication):
             return None
         node_id, _, token = credential.partition(":")
         node = Node.objects.filter(node_id=node_id).first()
-        if node is None or not node.token_hash or not hmac.compare_digest(
-            node.token_hash, hash_token(token)
+        if (
+            node is None
+            or not node.token_hash
+            or not hmac.compare_digest(node.token_hash, hash_token(token))
         ):
             security_log.warning(
                 "refused credentials for node %r from %s", node_id, _client(request)
@@ -116,11 +118,13 @@ class EnvelopeBatchParser(BaseParser):
                         f"The body inflates past {limit} bytes; send smaller chunks."
                     )
             except (zlib.error, gzip.BadGzipFile) as exc:
-                raise exceptions.ParseError(f"The body is not valid gzip: {exc}")
+                raise exceptions.ParseError(
+                    f"The body is not valid gzip: {exc}"
+                ) from None
         try:
             return json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise exceptions.ParseError(f"The body is not valid JSON: {exc}")
+            raise exceptions.ParseError(f"The body is not valid JSON: {exc}") from None
 
 
 class NodeAPIView(APIView):
@@ -182,7 +186,9 @@ class PushView(NodeAPIView):
             try:
                 envelopes.append(Envelope.from_wire(item))
             except EnvelopeInvalid as exc:
-                raise exceptions.ParseError(f"envelopes[{index}]: {exc.reason}")
+                raise exceptions.ParseError(
+                    f"envelopes[{index}]: {exc.reason}"
+                ) from None
         foreign = sorted({e.producer for e in envelopes} - {node.node_id})
         if foreign and not node.can_relay:
             security_log.warning(

@@ -65,8 +65,9 @@ class Upstream:
         token = token or settings.SYNC_UPSTREAM_TOKEN
         if not token:
             raise PushFailed(
-                "No credential for upstream: set UPSTREAM_TOKEN (or UPSTREAM_TOKEN_FILE)"
-                " to the token printed when this node was registered upstream."
+                "No credential for upstream: set UPSTREAM_TOKEN (or "
+                "UPSTREAM_TOKEN_FILE) to the token printed when this node was "
+                "registered upstream."
             )
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Node {settings.SYNC_NODE_ID}:{token}"
@@ -145,9 +146,12 @@ def push(
                 setattr(summary, key, getattr(summary, key) + answer["applied"][key])
             bar.update(len(chunk))
             if acknowledged < chunk[-1].sequence:
-                reasons = "; ".join(
-                    f"#{r['sequence']}: {r['detail']}" for r in answer["rejected"]
-                ) or "the server holds a gap before it"
+                reasons = (
+                    "; ".join(
+                        f"#{r['sequence']}: {r['detail']}" for r in answer["rejected"]
+                    )
+                    or "the server holds a gap before it"
+                )
                 raise PushFailed(
                     f"{holder} acknowledged only through #{acknowledged} of this "
                     f"chunk ending at #{chunk[-1].sequence}: {reasons}"
@@ -155,7 +159,9 @@ def push(
             through = acknowledged
             summary.acknowledged_through = through
     summary.seconds = time.monotonic() - started
-    log.info("pushed %d of %d transactions to %s: %s", summary.sent, total, holder, summary)
+    log.info(
+        "pushed %d of %d transactions to %s: %s", summary.sent, total, holder, summary
+    )
     return summary
 
 

@@ -116,9 +116,7 @@ class Command(BaseCommand):
             keys.public_key_from_text(options["public_key"])
         except ValueError as exc:
             raise CommandError(f"--public-key is not an Ed25519 key: {exc}") from exc
-        token = "" if options["no_token"] else (
-            options["token"] or new_token()
-        )
+        token = "" if options["no_token"] else (options["token"] or new_token())
         with transaction.atomic():
             Node.objects.update_or_create(
                 node_id=options["node_id"],
@@ -220,9 +218,7 @@ class Command(BaseCommand):
             if watch:
                 push_forever(interval or settings.SYNC_PUSH_INTERVAL, chunk_size)
             else:
-                summary = push(
-                    chunk_size=chunk_size, progress=sys.stderr.isatty()
-                )
+                summary = push(chunk_size=chunk_size, progress=sys.stderr.isatty())
                 self.stdout.write(str(summary))
         except PushFailed as exc:
             raise CommandError(str(exc)) from exc
