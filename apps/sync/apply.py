@@ -13,6 +13,7 @@ breaks ties) and the other version is kept as a Conflict. An edit never
 brings a deleted record back: it is kept as a conflict instead.
 """
 
+import json
 import logging
 import time
 from collections import defaultdict
@@ -291,7 +292,9 @@ class _Chunk:
             return
         self._flush()  # the losing version must be read as it stands
         held = synced.model._base_manager.using(self.using).filter(pk=row.record_id)
-        snapshot = serialize(synced, held.get()) if held.exists() else {}
+        # Stored as JSON, in the form an incoming payload has (decimals and
+        # datetimes as text), so reapply_loser reads either kind alike.
+        snapshot = _as_json(serialize(synced, held.get())) if held.exists() else {}
         self._keep_loser(row, snapshot, current, Conflict.Kind.CONCURRENT, False)
         self._write(synced, row, obj, m2m)
 
@@ -509,6 +512,10 @@ class _Chunk:
         if newest > self.clock.last_hlc:
             self.clock.last_hlc = hlc.merge(self.clock.last_hlc, newest)
             self.clock.save(using=self.using, update_fields=["last_hlc"])
+
+
+def _as_json(payload: dict) -> dict:
+    return json.loads(json.dumps(payload, cls=envelope.PayloadEncoder))
 
 
 def _users(objects) -> str:

@@ -76,7 +76,9 @@ def capture(
                 base_version=current.get(instance.pk),
                 schema_version=str(settings.SYNC_SCHEMA_VERSION),
                 payload=serialize(synced, instance),
+                prev_digest=bytes(clock.last_digest),
             )
+            clock.last_digest = sealed.digest()
             rows.append(OutgoingTransaction(**_columns(sealed)))
             if not synced.append_only:
                 current[instance.pk] = sealed.id
@@ -90,7 +92,9 @@ def capture(
                         deleted=action == "delete",
                     )
                 )
-        clock.save(using=using, update_fields=["last_sequence", "last_hlc"])
+        clock.save(
+            using=using, update_fields=["last_sequence", "last_hlc", "last_digest"]
+        )
         OutgoingTransaction.objects.using(using).bulk_create(rows)
         save_versions(versions, using)
     log.debug("captured %d %s of %s", len(rows), action, synced.label)
@@ -145,6 +149,7 @@ def _columns(sealed: envelope.Envelope) -> dict:
         "nonce": sealed.nonce,
         "ciphertext": sealed.ciphertext,
         "signature": sealed.signature,
+        "prev_digest": sealed.prev_digest,
     }
 
 

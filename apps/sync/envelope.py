@@ -5,9 +5,17 @@ sequence and what it changes; the payload (the record, natural keys for its
 relations) is sealed with the deployment's data key, bound to the header; the
 producer's Ed25519 signature covers header and ciphertext, so a relay can
 carry an envelope but cannot alter or forge one.
+
+Each header also carries the digest of the producer's previous envelope, which
+chains a producer's envelopes together. A valid signature on the last envelope
+of a linked run vouches for every envelope before it, so a receiver checks one
+signature per run instead of one per envelope (an Ed25519 check costs about
+as much as applying the change). A run whose last signature fails is checked
+envelope by envelope, so a tampered one is named precisely.
 """
 
 import base64
+import hashlib
 import datetime
 import json
 import os
@@ -41,6 +49,7 @@ class Envelope:
     nonce: bytes
     ciphertext: bytes
     signature: bytes = b""
+    prev_digest: bytes = b""
 
     def header_bytes(self) -> bytes:
         """Return the canonical bytes of everything but the payload."""
@@ -56,11 +65,16 @@ class Envelope:
             "base_version": str(self.base_version) if self.base_version else None,
             "schema_version": self.schema_version,
             "key_id": self.key_id,
+            "prev": self.prev_digest.hex(),
         }
         return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
 
     def signed_bytes(self) -> bytes:
         return self.header_bytes() + self.nonce + self.ciphertext
+
+    def digest(self) -> bytes:
+        """Return the SHA-256 of what the signature covers."""
+        return hashlib.sha256(self.signed_bytes()).digest()
 
     def to_wire(self) -> dict:
         """Return the JSON-ready form that travels over HTTP and in files."""
@@ -78,6 +92,7 @@ class Envelope:
             "nonce": _b64(self.nonce),
             "ciphertext": _b64(self.ciphertext),
             "signature": _b64(self.signature),
+            "prev_digest": _b64(self.prev_digest),
         }
 
     @classmethod
@@ -107,6 +122,9 @@ class Envelope:
                 ),
                 signature=base64.b64decode(
                     _typed(data, "signature", str), validate=True
+                ),
+                prev_digest=base64.b64decode(
+                    data.get("prev_digest", ""), validate=True
                 ),
             )
         except EnvelopeInvalid:
@@ -142,6 +160,7 @@ def seal(
     payload: dict,
     tx_id: uuid.UUID | None = None,
     signing_key: Ed25519PrivateKey | None = None,
+    prev_digest: bytes = b"",
 ) -> Envelope:
     """Encrypt ``payload`` under the active data key and sign the result.
 
@@ -162,6 +181,7 @@ def seal(
         key_id=keyring.active_id,
         nonce=os.urandom(NONCE_BYTES),
         ciphertext=b"",
+        prev_digest=prev_digest,
     )
     plaintext = json.dumps(payload, cls=PayloadEncoder, separators=(",", ":"))
     ciphertext = keyring.cipher(keyring.active_id).encrypt(
@@ -184,6 +204,48 @@ def verify(envelope: Envelope, public_key_text: str) -> None:
             "match the producer's registered key",
             "bad_signature",
         ) from None
+
+
+def verify_runs(
+    envelopes: list[Envelope], public_keys: dict[str, str]
+) -> tuple[list[Envelope], list[tuple[Envelope, EnvelopeInvalid]]]:
+    """Check signatures, one per linked run; return the valid and the refused.
+
+    ``public_keys`` maps producer to its registered key; an envelope whose
+    producer is missing there must be refused before this is called.
+    """
+    valid, refused = [], []
+    ordered = sorted(envelopes, key=lambda e: (e.producer, e.sequence))
+    run: list[Envelope] = []
+    for item in ordered + [None]:
+        linked = (
+            item is not None
+            and run
+            and item.producer == run[-1].producer
+            and item.sequence == run[-1].sequence + 1
+            and item.prev_digest == run[-1].digest()
+        )
+        if run and not linked:
+            _check_run(run, public_keys[run[-1].producer], valid, refused)
+            run = []
+        if item is not None:
+            run.append(item)
+    return valid, refused
+
+
+def _check_run(run, public_key, valid, refused) -> None:
+    try:
+        verify(run[-1], public_key)
+        valid.extend(run)
+        return
+    except EnvelopeInvalid:
+        pass
+    for item in run:  # find which envelope broke the run
+        try:
+            verify(item, public_key)
+            valid.append(item)
+        except EnvelopeInvalid as exc:
+            refused.append((item, exc))
 
 
 def open_payload(envelope: Envelope) -> dict:

@@ -16,6 +16,7 @@ class ProducerClock(models.Model):
     node_id = models.CharField(max_length=64, primary_key=True)
     last_sequence = models.BigIntegerField(default=0)
     last_hlc = models.BigIntegerField(default=0)
+    last_digest = models.BinaryField(default=b"")
 
     def __str__(self) -> str:
         return f"{self.node_id} at #{self.last_sequence}"
@@ -37,6 +38,7 @@ class EnvelopeFields(models.Model):
     nonce = models.BinaryField()
     ciphertext = models.BinaryField()
     signature = models.BinaryField()
+    prev_digest = models.BinaryField(default=b"")
 
     class Meta:
         abstract = True

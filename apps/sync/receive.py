@@ -39,19 +39,20 @@ def receive(
         .filter(node_id__in=producers, is_active=True)
         .values_list("node_id", "public_key")
     )
-    valid = []
+    known = []
     for item in envelopes:
-        try:
-            if item.producer not in keys:
-                raise EnvelopeInvalid(
-                    f"producer {item.producer} is not an active node here; "
-                    "register it with: manage.py sync node add",
-                    "unknown_producer",
-                )
-            envelope.verify(item, keys[item.producer])
-            valid.append(item)
-        except EnvelopeInvalid as exc:
-            receipt.rejected.append(_reject(item, exc, delivered_by, using))
+        if item.producer in keys:
+            known.append(item)
+            continue
+        exc = EnvelopeInvalid(
+            f"producer {item.producer} is not an active node here; "
+            "register it with: manage.py sync node add",
+            "unknown_producer",
+        )
+        receipt.rejected.append(_reject(item, exc, delivered_by, using))
+    valid, refused = envelope.verify_runs(known, keys)
+    for item, exc in refused:
+        receipt.rejected.append(_reject(item, exc, delivered_by, using))
 
     with transaction.atomic(using=using):
         for producer in sorted(producers):
@@ -138,6 +139,7 @@ def _row(item: envelope.Envelope, delivered_by: str) -> IncomingTransaction:
         nonce=item.nonce,
         ciphertext=item.ciphertext,
         signature=item.signature,
+        prev_digest=item.prev_digest,
         delivered_by=delivered_by,
     )
 
