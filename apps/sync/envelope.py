@@ -15,8 +15,8 @@ envelope by envelope, so a tampered one is named precisely.
 """
 
 import base64
-import hashlib
 import datetime
+import hashlib
 import json
 import os
 import uuid
