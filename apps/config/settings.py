@@ -157,6 +157,8 @@ SYNC_DATA_KEYS_DIR = env.str(
 SYNC_UPSTREAM_URL = env.str("UPSTREAM_URL", default="")
 SYNC_UPSTREAM_TOKEN = _secret("UPSTREAM_TOKEN")
 SYNC_UPSTREAM_CA_FILE = env.str("UPSTREAM_CA_FILE", default="")
+# A middleman's credential on the field laptops it pulls from.
+SYNC_PULL_TOKEN = _secret("PULL_TOKEN")
 SYNC_CHUNK_SIZE = env.int("SYNC_CHUNK_SIZE", default=1000)
 SYNC_PUSH_INTERVAL = env.float("SYNC_PUSH_INTERVAL", default=30.0)
 SYNC_MAX_BODY_BYTES = env.int("SYNC_MAX_BODY_BYTES", default=64 * 1024 * 1024)

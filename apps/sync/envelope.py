@@ -73,8 +73,12 @@ class Envelope:
         return self.header_bytes() + self.nonce + self.ciphertext
 
     def digest(self) -> bytes:
-        """Return the SHA-256 of what the signature covers."""
-        return hashlib.sha256(self.signed_bytes()).digest()
+        """Return the SHA-256 of the signed content and its signature.
+
+        The signature is part of the digest so that the next envelope's link
+        vouches for it too: a relay cannot swap it for garbage unnoticed.
+        """
+        return hashlib.sha256(self.signed_bytes() + self.signature).digest()
 
     def to_wire(self) -> dict:
         """Return the JSON-ready form that travels over HTTP and in files."""

@@ -10,6 +10,8 @@ app_name = "sync"
 urlpatterns = [
     path("api/sync/v1/push/", api.PushView.as_view(), name="push"),
     path("api/sync/v1/held/", api.HeldView.as_view(), name="held"),
+    path("api/sync/v1/pull/", api.PullView.as_view(), name="pull"),
+    path("api/sync/v1/identity/", api.IdentityView.as_view(), name="identity"),
     path("api/sync/v1/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("sync/", views.status_page, name="status"),
 ]

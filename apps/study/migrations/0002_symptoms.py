@@ -14,9 +14,11 @@ SYMPTOMS = [
 
 
 def load(apps, schema_editor):
-    Symptom = apps.get_model("study", "Symptom")
+    symptoms = apps.get_model("study", "Symptom").objects.using(
+        schema_editor.connection.alias
+    )
     for short_name, name in SYMPTOMS:
-        Symptom.objects.update_or_create(short_name=short_name, defaults={"name": name})
+        symptoms.update_or_create(short_name=short_name, defaults={"name": name})
 
 
 class Migration(migrations.Migration):

@@ -21,10 +21,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from ..apply import apply_pending
+from ..acknowledgements import record_acknowledgement
+from ..apply import ApplyReport, apply_pending
 from ..envelope import Envelope
 from ..errors import EnvelopeInvalid
-from ..models import Node, ProducerState
+from ..models import Acknowledgement, Node, OutgoingTransaction, ProducerState
 from ..receive import receive
 from ..tokens import hash_token
 
@@ -149,6 +150,7 @@ _push_response = inline_serializer(
         "duplicates": serializers.IntegerField(),
         "rejected": serializers.ListField(child=serializers.DictField()),
         "applied": serializers.DictField(child=serializers.IntegerField()),
+        "acknowledgements": serializers.ListField(child=serializers.DictField()),
     },
 )
 
@@ -201,7 +203,13 @@ class PushView(NodeAPIView):
                 f"those of {', '.join(foreign)}; register it as a relay to carry them."
             )
         receipt = receive(envelopes, delivered_by=node.node_id)
-        report = apply_pending(max_chunks=1)
+        try:
+            report = apply_pending(max_chunks=1)
+        except Exception:
+            # Stored is stored: the chunk is acknowledged and the apply
+            # worker (sync apply) takes it up again.
+            log.exception("apply after push from %s failed", node.node_id)
+            report = ApplyReport()
         log.info(
             "push from %s: %d stored, %d duplicates, %d rejected",
             node.node_id,
@@ -217,6 +225,7 @@ class PushView(NodeAPIView):
                 "duplicates": receipt.duplicates,
                 "rejected": receipt.rejected,
                 "applied": vars(report),
+                "acknowledgements": known_acknowledgements(receipt.acknowledged),
             }
         )
 
@@ -248,6 +257,123 @@ class HeldView(NodeAPIView):
                 "schema_version": settings.SYNC_SCHEMA_VERSION,
             }
         )
+
+
+class IdentityView(NodeAPIView):
+    """Say which node this is, so a caller knows whom it talks to."""
+
+    @extend_schema(
+        responses=inline_serializer(
+            "Identity",
+            {
+                "node": serializers.CharField(),
+                "role": serializers.CharField(),
+                "schema_version": serializers.IntegerField(),
+            },
+        )
+    )
+    def get(self, request):
+        return Response(
+            {
+                "node": settings.SYNC_NODE_ID,
+                "role": settings.SYNC_ROLE,
+                "schema_version": settings.SYNC_SCHEMA_VERSION,
+            }
+        )
+
+
+class PullView(NodeAPIView):
+    """Hand this node's own envelopes to a registered middleman, in chunks.
+
+    The middleman says how far it holds this node's sequence (``after``) and
+    what it knows of the nodes further up; both are recorded, so the field
+    laptop can tell how far each change got.
+    """
+
+    @extend_schema(
+        request=inline_serializer(
+            "PullRequest",
+            {
+                "schema_version": serializers.IntegerField(),
+                "after": serializers.IntegerField(),
+                "limit": serializers.IntegerField(),
+                "acknowledgements": serializers.ListField(
+                    child=serializers.DictField()
+                ),
+            },
+        ),
+        responses={
+            200: inline_serializer(
+                "PullResponse",
+                {
+                    "node": serializers.CharField(),
+                    "envelopes": serializers.ListField(child=serializers.DictField()),
+                    "more": serializers.BooleanField(),
+                },
+            ),
+            403: OpenApiResponse(description="the caller is not a middleman"),
+        },
+    )
+    def post(self, request):
+        node: Node = request.user
+        if node.role != Node.Role.MIDDLEMAN:
+            security_log.warning("non-middleman %s tried to pull", node.node_id)
+            raise exceptions.PermissionDenied(
+                f"Only nodes registered as middlemen may pull; {node.node_id} "
+                f"is registered as {node.role}."
+            )
+        data = request.data
+        if not isinstance(data, dict):
+            raise exceptions.ParseError("The body must be a JSON object.")
+        check_schema_version(data.get("schema_version"))
+        after, limit = data.get("after"), data.get("limit", settings.SYNC_CHUNK_SIZE)
+        for name, value in (("after", after), ("limit", limit)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise exceptions.ParseError(f"'{name}' must be a whole number.")
+        me = settings.SYNC_NODE_ID
+        record_acknowledgement(node.node_id, me, after)
+        for ack in _acknowledgements(data.get("acknowledgements", [])):
+            if ack["producer"] == me:
+                record_acknowledgement(ack["holder"], me, ack["through"])
+        limit = min(limit, settings.SYNC_MAX_CHUNK)
+        rows = list(
+            OutgoingTransaction.objects.filter(
+                producer=me, sequence__gt=after
+            ).order_by("sequence")[: limit + 1]
+        )
+        log.info("%s pulled %d transactions after #%d", node.node_id, len(rows), after)
+        return Response(
+            {
+                "node": me,
+                "envelopes": [Envelope.from_row(r).to_wire() for r in rows[:limit]],
+                "more": len(rows) > limit,
+            }
+        )
+
+
+def known_acknowledgements(producers) -> list[dict]:
+    """Return what this node knows of nodes further up holding ``producers``."""
+    rows = Acknowledgement.objects.filter(producer__in=list(producers))
+    return [
+        {"holder": a.holder, "producer": a.producer, "through": a.through_sequence}
+        for a in rows.exclude(holder=settings.SYNC_NODE_ID)
+    ]
+
+
+def _acknowledgements(raw) -> list[dict]:
+    if not isinstance(raw, list):
+        raise exceptions.ParseError("'acknowledgements' must be a list.")
+    for item in raw:
+        if not (
+            isinstance(item, dict)
+            and isinstance(item.get("holder"), str)
+            and isinstance(item.get("producer"), str)
+            and isinstance(item.get("through"), int)
+        ):
+            raise exceptions.ParseError(
+                "each acknowledgement needs 'holder', 'producer' and 'through'."
+            )
+    return raw
 
 
 def check_schema_version(version) -> None:

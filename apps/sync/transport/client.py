@@ -16,12 +16,19 @@ from dataclasses import dataclass
 import requests
 import tenacity
 from django.conf import settings
-from django.utils import timezone
 from tqdm import tqdm
 
+from ..acknowledgements import record_acknowledgement
+from ..apply import apply_pending
 from ..envelope import Envelope
 from ..errors import SyncError
-from ..models import Acknowledgement, OutgoingTransaction
+from ..models import (
+    Acknowledgement,
+    IncomingTransaction,
+    OutgoingTransaction,
+    ProducerState,
+)
+from ..receive import receive
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +36,7 @@ API = "/api/sync/v1"
 
 
 class PushFailed(SyncError):
-    """The push stopped; the message says why and what to do."""
+    """The push or pull stopped; the message says why and what to do."""
 
 
 class _Transient(Exception):
@@ -65,9 +72,9 @@ class Upstream:
         token = token or settings.SYNC_UPSTREAM_TOKEN
         if not token:
             raise PushFailed(
-                "No credential for upstream: set UPSTREAM_TOKEN (or "
-                "UPSTREAM_TOKEN_FILE) to the token printed when this node was "
-                "registered upstream."
+                f"No credential for {self.url}: set UPSTREAM_TOKEN (PULL_TOKEN on "
+                "a middleman pulling from laptops), or the *_FILE variant, to the "
+                "token printed when this node was registered there."
             )
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Node {settings.SYNC_NODE_ID}:{token}"
@@ -119,50 +126,77 @@ class Upstream:
 def push(
     chunk_size: int | None = None, progress: bool = False, upstream=None
 ) -> PushSummary:
-    """Send every transaction upstream does not hold yet; return a summary."""
+    """Send upstream every transaction it does not hold yet; return a summary.
+
+    That is this node's own outbox and, on a relay such as a middleman, the
+    envelopes it holds from other producers, forwarded unchanged.
+    """
     started = time.monotonic()
     upstream = upstream or Upstream()
     size = chunk_size or settings.SYNC_CHUNK_SIZE
+    summary = PushSummary()
+    for producer, source in _sources():
+        _push_producer(upstream, producer, source, size, progress, summary)
+    summary.seconds = time.monotonic() - started
+    log.info("pushed %d transactions to %s: %s", summary.sent, upstream.url, summary)
+    return summary
+
+
+def _sources():
+    """Yield each producer this node holds, with the rows of its envelopes."""
     me = settings.SYNC_NODE_ID
-    held = upstream.call("GET", "/held/", params={"producer": me})
-    holder = held["node"]
-    through = held["held_through"]
-    _record_ack(holder, me, through)
-    outbox = OutgoingTransaction.objects.filter(producer=me).order_by("sequence")
-    total = outbox.filter(sequence__gt=through).count()
-    summary = PushSummary(acknowledged_through=through)
-    log.info("pushing %d transactions to %s from #%d", total, holder, through + 1)
-    bar = tqdm(total=total, unit="tx", disable=not progress, desc=f"push to {holder}")
-    with bar:
+    yield me, OutgoingTransaction.objects.filter(producer=me)
+    relayed = ProducerState.objects.exclude(producer=me).filter(contiguous__gt=0)
+    for state in relayed.order_by("producer"):
+        yield (
+            state.producer,
+            IncomingTransaction.objects.filter(
+                producer=state.producer, sequence__lte=state.contiguous
+            ),
+        )
+
+
+def _push_producer(upstream, producer, source, size, progress, summary) -> None:
+    me = settings.SYNC_NODE_ID
+    held = upstream.call("GET", "/held/", params={"producer": producer})
+    holder, through = held["node"], held["held_through"]
+    record_acknowledgement(holder, producer, through, exact=True)
+    pending = source.filter(sequence__gt=through).order_by("sequence")
+    total = pending.count()
+    if producer == me:
+        summary.acknowledged_through = through
+    if not total:
+        return
+    log.info("pushing %d of %s's transactions to %s", total, producer, holder)
+    label = f"{producer} to {holder}"
+    with tqdm(total=total, unit="tx", disable=not progress, desc=label) as bar:
         while True:
-            chunk = list(outbox.filter(sequence__gt=through)[:size])
+            chunk = list(
+                source.filter(sequence__gt=through).order_by("sequence")[:size]
+            )
             if not chunk:
                 break
             answer = _send(upstream, chunk)
-            acknowledged = answer["acknowledged"].get(me, through)
-            _record_ack(answer["node"], me, acknowledged)
+            acknowledged = answer["acknowledged"].get(producer, through)
+            record_acknowledgement(answer["node"], producer, acknowledged, exact=True)
+            for ack in answer.get("acknowledgements", []):
+                record_acknowledgement(ack["holder"], ack["producer"], ack["through"])
             summary.sent += len(chunk)
             for key in ("applied", "parked", "conflicts", "failed"):
                 setattr(summary, key, getattr(summary, key) + answer["applied"][key])
             bar.update(len(chunk))
             if acknowledged < chunk[-1].sequence:
-                reasons = (
-                    "; ".join(
-                        f"#{r['sequence']}: {r['detail']}" for r in answer["rejected"]
-                    )
-                    or "the server holds a gap before it"
+                reasons = "; ".join(
+                    f"#{r['sequence']}: {r['detail']}" for r in answer["rejected"]
                 )
                 raise PushFailed(
-                    f"{holder} acknowledged only through #{acknowledged} of this "
-                    f"chunk ending at #{chunk[-1].sequence}: {reasons}"
+                    f"{holder} acknowledged {producer}'s transactions only through "
+                    f"#{acknowledged} of a chunk ending at #{chunk[-1].sequence}: "
+                    f"{reasons or 'it holds a gap before them'}"
                 )
             through = acknowledged
-            summary.acknowledged_through = through
-    summary.seconds = time.monotonic() - started
-    log.info(
-        "pushed %d of %d transactions to %s: %s", summary.sent, total, holder, summary
-    )
-    return summary
+            if producer == me:
+                summary.acknowledged_through = through
 
 
 def push_forever(interval: float, chunk_size: int | None = None) -> None:
@@ -177,7 +211,101 @@ def push_forever(interval: float, chunk_size: int | None = None) -> None:
         time.sleep(interval)
 
 
-def _send(upstream: Upstream, chunk: list[OutgoingTransaction]) -> dict:
+@dataclass
+class PullSummary:
+    node: str = ""
+    received: int = 0
+    stored: int = 0
+    applied: int = 0
+    parked: int = 0
+    conflicts: int = 0
+    failed: int = 0
+    held_through: int = 0
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"pulled {self.received} from {self.node} ({self.stored} new), now "
+            f"holding through #{self.held_through}; applied {self.applied}, "
+            f"parked {self.parked}, conflicts {self.conflicts}, "
+            f"failed {self.failed} in {self.seconds:.1f} s"
+        )
+
+
+def pull(
+    url: str, token: str | None = None, chunk_size: int | None = None,
+    progress: bool = False,
+) -> PullSummary:  # fmt: skip
+    """Pull a field laptop's pending envelopes, store and apply them.
+
+    Each request says how far this node holds the laptop's sequence, so an
+    interrupted pull resumes after the last chunk stored.
+    """
+    started = time.monotonic()
+    field = Upstream(url, token or settings.SYNC_PULL_TOKEN)
+    laptop = field.call("GET", "/identity/")["node"]
+    summary = PullSummary(node=laptop)
+    size = chunk_size or settings.SYNC_CHUNK_SIZE
+    with tqdm(unit="tx", disable=not progress, desc=f"pull from {laptop}") as bar:
+        while True:
+            state = ProducerState.objects.filter(producer=laptop).first()
+            after = state.contiguous if state else 0
+            answer = field.call(
+                "POST",
+                "/pull/",
+                json={
+                    "schema_version": settings.SYNC_SCHEMA_VERSION,
+                    "after": after,
+                    "limit": size,
+                    "acknowledgements": [
+                        {
+                            "holder": a.holder,
+                            "producer": a.producer,
+                            "through": a.through_sequence,
+                        }  # fmt: skip
+                        for a in Acknowledgement.objects.filter(producer=laptop)
+                    ],
+                },
+            )
+            envelopes = [Envelope.from_wire(item) for item in answer["envelopes"]]
+            foreign = {e.producer for e in envelopes} - {laptop}
+            if foreign:
+                raise PushFailed(
+                    f"{laptop} handed over envelopes of {', '.join(sorted(foreign))};"
+                    " a field laptop may only give its own. Nothing was stored."
+                )
+            receipt = receive(envelopes, delivered_by=laptop)
+            report = apply_pending()
+            summary.received += len(envelopes)
+            summary.stored += receipt.stored
+            for key in ("applied", "parked", "conflicts", "failed"):
+                setattr(summary, key, getattr(summary, key) + getattr(report, key))
+            summary.held_through = receipt.acknowledged.get(laptop, after)
+            bar.update(len(envelopes))
+            if receipt.rejected:
+                raise PushFailed(
+                    f"{len(receipt.rejected)} envelopes from {laptop} were refused: "
+                    + "; ".join(r["detail"] for r in receipt.rejected[:3])
+                )
+            if not answer["more"] or not envelopes:
+                break
+    # Tell the laptop how far we now hold it, so it can show "picked up".
+    field.call(
+        "POST",
+        "/pull/",
+        json={
+            "schema_version": settings.SYNC_SCHEMA_VERSION,
+            "after": summary.held_through,
+            "limit": 0,
+            "acknowledgements": [],
+        },
+    )
+    summary.seconds = time.monotonic() - started
+    log.info("%s", summary)
+    return summary
+
+
+def _send(upstream: Upstream, chunk: list) -> dict:
     body = {
         "schema_version": settings.SYNC_SCHEMA_VERSION,
         "envelopes": [Envelope.from_row(row).to_wire() for row in chunk],
@@ -188,14 +316,6 @@ def _send(upstream: Upstream, chunk: list[OutgoingTransaction]) -> dict:
         "/push/",
         data=data,
         headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
-    )
-
-
-def _record_ack(holder: str, producer: str, through: int) -> None:
-    Acknowledgement.objects.update_or_create(
-        holder=holder,
-        producer=producer,
-        defaults={"through_sequence": through, "updated": timezone.now()},
     )
 
 

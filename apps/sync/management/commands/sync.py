@@ -59,6 +59,10 @@ class Command(BaseCommand):
             if handler:
                 handler(parser_)
 
+    def add_pull_arguments(self, parser):
+        parser.add_argument("urls", nargs="+", help="field laptops to pull from")
+        parser.add_argument("--chunk-size", type=int, default=None)
+
     def add_push_arguments(self, parser):
         parser.add_argument(
             "--watch", action="store_true", help="keep pushing on an interval"
@@ -210,6 +214,19 @@ class Command(BaseCommand):
         self.stdout.write(f"re-applied the losing version of {conflict.record_id}")
 
     # -- transport ---------------------------------------------------------------
+
+    def do_pull(self, urls, chunk_size=None, **options):
+        from sync.transport.client import PushFailed, pull
+
+        failed = []
+        for url in urls:
+            try:
+                summary = pull(url, chunk_size=chunk_size, progress=sys.stderr.isatty())
+                self.stdout.write(str(summary))
+            except PushFailed as exc:
+                failed.append(f"{url}: {exc}")
+        if failed:
+            raise CommandError("; ".join(failed))
 
     def do_push(self, watch=False, interval=None, chunk_size=None, **options):
         from sync.transport.client import PushFailed, push, push_forever

@@ -1,0 +1,169 @@
+"""Receive: only envelopes their producer signed are stored, and each only once."""
+
+import dataclasses
+import os
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from django.conf import settings
+from study.models import Household, HouseholdMember, SymptomsReview
+from sync.apply import apply_pending
+from sync.models import IncomingStatus, IncomingTransaction, RejectedEnvelope
+from sync.receive import receive
+
+from tests.factories import (
+    RemoteProducer,
+    household,
+    household_tree,
+    outbox_envelopes,
+)
+
+
+def test_duplicate_delivery_is_acknowledged_not_reapplied(remote):
+    laptop = remote("laptop-a")
+    home = household("laptop-a")
+    envelopes = laptop.save(home, username="mpho")
+
+    first = receive(envelopes, delivered_by="laptop-a")
+    apply_pending()
+    again = receive(envelopes, delivered_by="middleman-1")
+    report = apply_pending()
+
+    assert (first.stored, first.duplicates) == (2, 0)
+    assert (again.stored, again.duplicates) == (0, 2)
+    assert again.acknowledged == {"laptop-a": 2}
+    assert report.applied == 0
+    assert IncomingTransaction.objects.count() == 2
+    assert Household.objects.filter(pk=home.pk).count() == 1
+    assert Household.history.filter(id=home.pk).count() == 1
+
+
+def test_same_batch_delivered_twice_in_one_push_is_stored_once(remote):
+    laptop = remote("laptop-a")
+    envelopes = laptop.save(household("laptop-a"))
+
+    receipt = receive(envelopes + envelopes, delivered_by="laptop-a")
+    apply_pending()
+
+    assert (receipt.stored, receipt.duplicates) == (2, 2)
+    assert Household.objects.count() == 1
+
+
+def test_reused_sequence_number_with_other_content_is_rejected(remote):
+    laptop = remote("laptop-a")
+    receive(laptop.save(household("laptop-a")), delivered_by="laptop-a")
+    restored = RemoteProducer("laptop-a")  # same node, back from an old backup
+    restored.key = laptop.key
+
+    receipt = receive(restored.save(household("laptop-a")), delivered_by="laptop-a")
+    apply_pending()
+
+    assert [r["code"] for r in receipt.rejected] == ["sequence_reused"] * 2
+    assert Household.objects.count() == 1
+
+
+def test_tampered_header_is_rejected_and_never_applied(remote):
+    laptop = remote("laptop-a")
+    history, record = laptop.save(household("laptop-a", village="Mochudi"))
+    forged = dataclasses.replace(record, action="delete")
+
+    receipt = receive([history, forged], delivered_by="middleman-1")
+    apply_pending()
+
+    assert [r["code"] for r in receipt.rejected] == ["bad_signature"]
+    rejected = RejectedEnvelope.objects.get()
+    assert (rejected.producer, rejected.sequence, rejected.code) == (
+        "laptop-a",
+        2,
+        "bad_signature",
+    )
+    assert rejected.delivered_by == "middleman-1"
+    assert not IncomingTransaction.objects.filter(id=record.id).exists()
+    assert Household.objects.count() == 0
+
+
+def test_tampered_ciphertext_is_rejected_and_the_genuine_copy_still_applies(remote):
+    laptop = remote("laptop-a")
+    history, record = laptop.save(household("laptop-a"))
+    flipped = bytes([record.ciphertext[0] ^ 1]) + record.ciphertext[1:]
+
+    receipt = receive(
+        [history, dataclasses.replace(record, ciphertext=flipped)],
+        delivered_by="middleman-1",
+    )
+    apply_pending()
+    assert [r["code"] for r in receipt.rejected] == ["bad_signature"]
+    assert Household.objects.count() == 0
+
+    receive([record], delivered_by="laptop-a")
+    apply_pending()
+    assert Household.objects.filter(pk=record.record_id).exists()
+
+
+def test_envelope_from_an_unknown_node_is_rejected(db):
+    stranger = RemoteProducer("laptop-x")  # never entered in the register
+
+    receipt = receive(stranger.save(household("laptop-x")), delivered_by="laptop-x")
+
+    assert [r["code"] for r in receipt.rejected] == ["unknown_producer"] * 2
+    assert RejectedEnvelope.objects.count() == 2
+    assert IncomingTransaction.objects.count() == 0
+
+
+def test_payload_sealed_under_another_data_key_fails_and_is_not_applied(remote):
+    laptop = remote("laptop-a")
+    history, record = laptop.save(household("laptop-a"))
+    foreign = ChaCha20Poly1305(os.urandom(32)).encrypt(
+        record.nonce, b'{"fields": {}}', record.header_bytes()
+    )
+    sealed_elsewhere = laptop.resign(record, ciphertext=foreign)
+
+    receipt = receive([history, sealed_elsewhere], delivered_by="laptop-a")
+    report = apply_pending()
+
+    assert receipt.rejected == []  # the producer did sign it
+    assert report.failed == 1
+    row = IncomingTransaction.objects.get(id=record.id)
+    assert row.status == IncomingStatus.FAILED
+    assert "fails authentication" in row.detail
+    assert Household.objects.count() == 0
+
+
+def test_payload_under_a_data_key_this_node_lacks_fails_with_a_hint(remote):
+    laptop = remote("laptop-a")
+    history, record = laptop.save(household("laptop-a"))
+    unknown_key = laptop.resign(record, key_id="0badc0de")
+
+    receive([history, unknown_key], delivered_by="laptop-a")
+    apply_pending()
+
+    row = IncomingTransaction.objects.get(id=record.id)
+    assert row.status == IncomingStatus.FAILED
+    assert "data key 0badc0de is not on this node" in row.detail
+    assert Household.objects.count() == 0
+
+
+@pytest.mark.django_db(databases=["default", "peer"])
+def test_altered_envelope_inside_a_push_is_named_and_the_rest_is_held(peer):
+    household_tree()
+    envelopes = outbox_envelopes()
+    third = envelopes[2]
+    flipped = bytes([third.ciphertext[0] ^ 1]) + third.ciphertext[1:]
+    envelopes[2] = dataclasses.replace(third, ciphertext=flipped)
+
+    receipt = receive(envelopes, delivered_by="middleman-1", using="peer")
+    apply_pending(using="peer")
+
+    assert [(r["sequence"], r["code"]) for r in receipt.rejected] == [
+        (3, "bad_signature")
+    ]
+    assert receipt.stored == len(envelopes) - 1
+    assert receipt.acknowledged == {settings.SYNC_NODE_ID: 2}
+    assert Household.objects.using("peer").count() == 1  # sequences 1 and 2 only
+    assert HouseholdMember.objects.using("peer").count() == 0
+
+    receive([third], delivered_by=settings.SYNC_NODE_ID, using="peer")
+    apply_pending(using="peer")
+
+    assert HouseholdMember.objects.using("peer").count() == 1
+    assert SymptomsReview.objects.using("peer").count() == 1
