@@ -15,5 +15,6 @@ def health(request):
 urlpatterns = [
     path("health/", health, name="health"),
     path("admin/", admin.site.urls),
+    path("reconcile/", include("reconcile.urls")),
     path("", include("sync.urls")),
 ]

@@ -51,6 +51,10 @@ class Result:
     def all_accounted_for(self) -> bool:
         return not (self.missing or self.unexpected or self.invalid)
 
+    @property
+    def unexpected_with_notes(self) -> list[tuple[str, str]]:
+        return [(i, self.notes.get(i, "")) for i in self.unexpected]
+
     @classmethod
     def from_lines(cls, lines: Iterable[ReconciliationLine]) -> "Result":
         """Return the result a saved reconciliation's lines record."""
@@ -64,8 +68,7 @@ class Result:
                 line.specimen_identifier for line in sorted_lines[Outcome.UNEXPECTED]
             ],
             invalid=[
-                line.specimen_identifier
-                for line in sorted_lines[Outcome.INVALID_LABEL]
+                line.specimen_identifier for line in sorted_lines[Outcome.INVALID_LABEL]
             ],
             notes={
                 line.specimen_identifier: line.note
@@ -132,9 +135,7 @@ def expected_requisitions(
     trail, which travels with the data. Its day is the day it was drawn, or
     for one not drawn the day it was entered.
     """
-    created = SubjectRequisition.history.filter(
-        history_type="+", history_node=producer
-    )
+    created = SubjectRequisition.history.filter(history_type="+", history_node=producer)
     created_that_day = created.filter(history_date__date=shift_date)
     return (
         SubjectRequisition.objects.filter(id__in=created.values("id"))

@@ -52,7 +52,9 @@ class Reconciliation(SyncModel):
         super().save(*args, **kwargs)
 
     def get_absolute_url(self) -> str:
-        return reverse("reconcile:reconciliation", args=[self.reconciliation_identifier])
+        return reverse(
+            "reconcile:reconciliation", args=[self.reconciliation_identifier]
+        )
 
     def natural_key(self):
         return (self.reconciliation_identifier,)

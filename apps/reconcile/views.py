@@ -1,5 +1,6 @@
 """Provides the reconciliation page: scan the specimens in hand, see the outcome."""
 
+from django.contrib import admin, messages
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
@@ -32,6 +33,16 @@ def reconcile_page(request):
                     notes=data["notes"],
                     started=data["started"],
                 )
+                messages.success(
+                    request,
+                    f"Saved as {reconciliation}. It goes upstream with the next sync.",
+                )
+                if result.duplicates:
+                    messages.info(
+                        request,
+                        "Scanned more than once, counted once: "
+                        + ", ".join(result.duplicates),
+                    )
                 return redirect(reconciliation)
     else:
         form = ReconcileForm(
@@ -43,6 +54,7 @@ def reconcile_page(request):
         request,
         "reconcile/reconcile.html",
         {
+            **admin.site.each_context(request),
             "title": "Reconcile specimens",
             "form": form,
             "laptops": laptops,
@@ -63,6 +75,7 @@ def reconciliation_page(request, identifier: str):
         request,
         "reconcile/reconciliation.html",
         {
+            **admin.site.each_context(request),
             "title": f"Reconciliation {reconciliation}",
             "reconciliation": reconciliation,
             "result": matching.Result.from_lines(lines),

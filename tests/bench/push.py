@@ -1,0 +1,131 @@
+"""Benchmark: a field laptop pushes N transactions to a community server.
+
+Both nodes run as real processes on PostgreSQL (a throwaway local cluster,
+durable settings): the laptop's ``sync push`` against gunicorn with two
+workers on 127.0.0.1. Prints transactions applied per second end to end and
+the peak resident memory of the pushing process and of each server process.
+
+    python -m tests.bench.push 10000 100000
+"""
+
+import argparse
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.integration.nodes import Node, Server
+from tests.pgcluster import start_cluster
+
+TOKEN = "bench-token"
+
+
+class PeakMemory(threading.Thread):
+    """Sample the resident memory of some processes until stopped."""
+
+    def __init__(self, pids: list[int]):
+        super().__init__(daemon=True)
+        self.processes = {pid: psutil.Process(pid) for pid in pids}
+        self.peak = dict.fromkeys(pids, 0)
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        while not self.halt.wait(0.05):
+            for pid, process in self.processes.items():
+                try:
+                    self.peak[pid] = max(self.peak[pid], process.memory_info().rss)
+                except psutil.Error:
+                    pass
+
+
+def run(transactions: int, chunk: int) -> dict:
+    directory = Path(tempfile.mkdtemp(prefix="collect-bench-"))
+    cluster = start_cluster(["laptop", "community"], durable=True)
+    community = server = None
+    try:
+        data_keys = directory / "data-keys"
+        laptop = Node(
+            "laptop-01", "client", cluster.url("laptop"), directory / "laptop",
+            directory / "laptop" / "signing.pem", data_keys,
+        )  # fmt: skip
+        community = Server(
+            "community-1", "community", cluster.url("community"),
+            directory / "community", directory / "community" / "signing.pem",
+            data_keys,
+        )  # fmt: skip
+        laptop.manage("sync", "keygen", "--data-key")
+        public_key = laptop.keygen()
+        community.keygen()
+        for node in (laptop, community):
+            node.manage("migrate", "-v0", timeout=300)
+        community.manage(
+            "sync", "node", "add", "laptop-01", "--role", "client",
+            "--public-key", public_key, "--token", TOKEN,
+        )  # fmt: skip
+        started = time.monotonic()
+        laptop.manage("seed", "--transactions", str(transactions), timeout=3600)
+        made = laptop.count("sync_outgoingtransaction")
+        seeded = time.monotonic() - started
+
+        community.start()
+        workers = [p.pid for p in psutil.Process(community.process.pid).children()]
+        began = time.monotonic()
+        push = laptop.start_manage(
+            "sync", "push", UPSTREAM_URL=community.url, UPSTREAM_TOKEN=TOKEN,
+            SYNC_CHUNK_SIZE=str(chunk),
+        )  # fmt: skip
+        sampler = PeakMemory([push.pid, community.process.pid, *workers])
+        sampler.start()
+        out, err = push.communicate(timeout=3600)
+        if push.returncode != 0:
+            raise SystemExit(f"push failed:\n{out}\n{err}")
+        applied = community.value(
+            "SELECT count(*) FROM sync_incomingtransaction WHERE status = 'applied'"
+        )
+        elapsed = time.monotonic() - began
+        sampler.halt.set()
+        sampler.join()
+        if applied != made:
+            raise SystemExit(f"only {applied} of {made} applied:\n{out}\n{err}")
+        mib = {pid: peak / 2**20 for pid, peak in sampler.peak.items()}
+        return {
+            "transactions": made,
+            "seed_seconds": seeded,
+            "seconds": elapsed,
+            "per_second": made / elapsed,
+            "push_mib": mib[push.pid],
+            "server_mib": max(mib[pid] for pid in workers),
+        }
+    finally:
+        if community is not None:
+            community.stop()
+        cluster.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sizes", nargs="*", type=int, default=[10_000, 100_000])
+    parser.add_argument("--chunk", type=int, default=1000)
+    options = parser.parse_args(argv)
+    print(
+        f"{'N':>9} {'seconds':>8} {'tx/s':>8} {'push MiB':>9} {'server MiB':>11}"
+        "   (seeding excluded)"
+    )
+    for size in options.sizes:
+        result = run(size, options.chunk)
+        print(
+            f"{result['transactions']:>9} {result['seconds']:>8.1f} "
+            f"{result['per_second']:>8.0f} {result['push_mib']:>9.0f} "
+            f"{result['server_mib']:>11.0f}",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
