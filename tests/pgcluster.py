@@ -103,7 +103,7 @@ def find_bin_dir() -> Path:
     )
 
 
-def start_cluster(databases: list[str] | int = 1) -> Cluster:
+def start_cluster(databases: list[str] | int = 1, durable: bool = False) -> Cluster:
     """Start a cluster and create ``databases`` (names, or how many).
 
     A cluster that fails to start is stopped and removed before the error is
@@ -133,8 +133,12 @@ def start_cluster(databases: list[str] | int = 1) -> Cluster:
         )
         options = (
             f"-p {cluster.port} -k {directory} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
-            "-c max_connections=100"
+            + (
+                ""
+                if durable
+                else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+            )
+            + "-c max_connections=100"
         )
         _run(
             cluster,

@@ -6,13 +6,18 @@ both its own previous one and every timestamp it has received, so an edit made
 after seeing another edit always sorts after it, whatever the device clock says.
 """
 
+import os
 import time
 
 LOGICAL_BITS = 16
 
+# A device whose clock is wrong, simulated: tests of clock skew set this in a
+# node's environment (milliseconds, may be negative). Real nodes leave it unset.
+SKEW_MS = int(float(os.environ.get("SYNC_CLOCK_SKEW_SECONDS", "0")) * 1000)
+
 
 def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return time.time_ns() // 1_000_000 + SKEW_MS
 
 
 def tick(last: int, physical_ms: int | None = None) -> int:
