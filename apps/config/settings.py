@@ -185,3 +185,28 @@ SYNC_SCHEMA_SPAN = env.int("SYNC_SCHEMA_SPAN", default=1)
 SYNC_MAX_CHUNK = env.int("SYNC_MAX_CHUNK", default=5000)
 SYNC_HTTP_TIMEOUT = env.float("SYNC_HTTP_TIMEOUT", default=60.0)
 SYNC_RETRY_SECONDS = env.float("SYNC_RETRY_SECONDS", default=120.0)
+
+# Batch files between a site server and central (USB drive, folder or SFTP).
+SYNC_EXPORT_DIR = Path(env.str("SYNC_EXPORT_DIR", default=str(NODE_DIR / "outbox")))
+SYNC_INBOX_DIR = Path(env.str("SYNC_INBOX_DIR", default=str(NODE_DIR / "inbox")))
+SYNC_QUARANTINE_DIR = Path(
+    env.str("SYNC_QUARANTINE_DIR", default=str(NODE_DIR / "quarantine"))
+)
+SYNC_RECEIPTS_DIR = Path(
+    env.str("SYNC_RECEIPTS_DIR", default=str(NODE_DIR / "receipts"))
+)
+SYNC_BATCH_MAX_ENVELOPES = env.int("SYNC_BATCH_MAX_ENVELOPES", default=50000)
+SYNC_IMPORT_INTERVAL = env.float("SYNC_IMPORT_INTERVAL", default=30.0)
+# SFTP to central: key authentication, and central's host key must be listed
+# in SYNC_SFTP_KNOWN_HOSTS (an unknown host key is refused).
+SYNC_SFTP_HOST = env.str("SYNC_SFTP_HOST", default="")
+SYNC_SFTP_PORT = env.int("SYNC_SFTP_PORT", default=22)
+SYNC_SFTP_USER = env.str("SYNC_SFTP_USER", default="site")
+SYNC_SFTP_KEY_FILE = env.str(
+    "SYNC_SFTP_KEY_FILE", default=str(NODE_DIR / "keys" / "sftp")
+)
+SYNC_SFTP_KNOWN_HOSTS = env.str(
+    "SYNC_SFTP_KNOWN_HOSTS", default=str(NODE_DIR / "keys" / "known_hosts")
+)
+SYNC_SFTP_ROOT = env.str("SYNC_SFTP_ROOT", default="")
+SYNC_SFTP_TIMEOUT = env.float("SYNC_SFTP_TIMEOUT", default=30.0)

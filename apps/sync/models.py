@@ -208,3 +208,70 @@ class Acknowledgement(models.Model):
 
     def __str__(self) -> str:
         return f"{self.holder} holds {self.producer} to #{self.through_sequence}"
+
+
+class ExportedBatch(models.Model):
+    """A batch file this site wrote for central: its place in the chain."""
+
+    number = models.PositiveIntegerField(primary_key=True)
+    file_name = models.CharField(max_length=120)
+    manifest_digest = models.CharField(max_length=64, help_text="SHA-256, hex")
+    envelope_count = models.PositiveIntegerField()
+    producers = models.JSONField(help_text="{producer: {first, last, count}}")
+    resync = models.BooleanField(
+        default=False, help_text="Sent again from central's acknowledgements."
+    )
+    created = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    receipted_at = models.DateTimeField(
+        null=True, blank=True, help_text="When central's receipt covered it."
+    )
+
+    def __str__(self) -> str:
+        return f"batch {self.number} ({self.envelope_count} envelopes)"
+
+
+class ImportedBatch(models.Model):
+    """A site's batch file seen on central: imported, or waiting for its turn."""
+
+    class Status(models.TextChoices):
+        IMPORTED = "imported", "imported"
+        WAITING = "waiting", "waiting for an earlier batch"
+
+    site = models.CharField(max_length=64)
+    number = models.PositiveIntegerField()
+    manifest_digest = models.CharField(max_length=64, help_text="SHA-256, hex")
+    file_name = models.CharField(max_length=120)
+    status = models.CharField(max_length=10, choices=Status.choices)
+    envelope_count = models.PositiveIntegerField(default=0)
+    stored = models.PositiveIntegerField(default=0)
+    duplicates = models.PositiveIntegerField(default=0)
+    rejected = models.PositiveIntegerField(default=0)
+    detail = models.TextField(blank=True, default="")
+    seen_at = models.DateTimeField(default=timezone.now)
+    imported_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["site", "number"], name="one_batch_per_site_number"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.site} batch {self.number}: {self.status}"
+
+
+class QuarantinedFile(models.Model):
+    """A batch or receipt file refused on arrival, moved aside with the reason."""
+
+    created = models.DateTimeField(default=timezone.now)
+    file_name = models.CharField(max_length=200)
+    moved_to = models.CharField(max_length=500)
+    code = models.CharField(max_length=40)
+    detail = models.TextField()
+    site = models.CharField(max_length=64, blank=True, default="")
+    number = models.PositiveIntegerField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.file_name}: {self.code}"

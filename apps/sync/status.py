@@ -6,10 +6,13 @@ from django.db.models import Count, Q
 from .models import (
     Acknowledgement,
     Conflict,
+    ExportedBatch,
+    ImportedBatch,
     IncomingStatus,
     IncomingTransaction,
     OutgoingTransaction,
     ProducerState,
+    QuarantinedFile,
     RejectedEnvelope,
 )
 
@@ -69,6 +72,22 @@ def node_status() -> dict:
         "producers": producers,
         "rejected": RejectedEnvelope.objects.count(),
         "open_conflicts": Conflict.objects.filter(resolved_at=None).count(),
+        "batch_files": batch_file_status(),
+    }
+
+
+def batch_file_status() -> dict:
+    """Return the batch files this node exported, imported, or holds back."""
+    exported = ExportedBatch.objects.order_by("number")
+    imported = ImportedBatch.objects.filter(status=ImportedBatch.Status.IMPORTED)
+    return {
+        "exported_last": exported.values_list("number", flat=True).last() or 0,
+        "exported_unreceipted": exported.filter(receipted_at=None).count(),
+        "imported": imported.count(),
+        "waiting": ImportedBatch.objects.filter(
+            status=ImportedBatch.Status.WAITING
+        ).count(),
+        "quarantined": QuarantinedFile.objects.count(),
     }
 
 
@@ -84,4 +103,10 @@ def problems(limit: int = 200) -> dict:
         "conflicts": list(
             Conflict.objects.filter(resolved_at=None).order_by("-created")[:limit]
         ),
+        "waiting_batches": list(
+            ImportedBatch.objects.filter(status=ImportedBatch.Status.WAITING).order_by(
+                "site", "number"
+            )[:limit]
+        ),
+        "quarantined": list(QuarantinedFile.objects.order_by("-created")[:limit]),
     }

@@ -1,5 +1,6 @@
 """The one command for sync: keys, nodes, status, apply, retry, push, pull, files."""
 
+import argparse
 import sys
 
 from django.conf import settings
@@ -58,6 +59,7 @@ class Command(BaseCommand):
             parser_ = sub.add_parser(name, help=f"{name} transactions")
             if handler:
                 handler(parser_)
+        self.add_file_parsers(sub)
 
     def add_pull_arguments(self, parser):
         parser.add_argument("urls", nargs="+", help="field laptops to pull from")
@@ -166,6 +168,13 @@ class Command(BaseCommand):
             f"rejected envelopes {status['rejected']}, "
             f"open conflicts {status['open_conflicts']}"
         )
+        files = status["batch_files"]
+        write(
+            f"batch files: exported through #{files['exported_last']} "
+            f"({files['exported_unreceipted']} without receipt), "
+            f"imported {files['imported']}, waiting {files['waiting']}, "
+            f"quarantined {files['quarantined']}"
+        )
 
     def do_problems(self, **options):
         found = problems()
@@ -185,6 +194,16 @@ class Command(BaseCommand):
                 f"conflict {conflict.id} {conflict.model} {conflict.record_id}: "
                 f"{conflict.get_kind_display()}; kept {conflict.loser_producer}'s "
                 f"{conflict.loser_action}, {conflict.winner_producer}'s won"
+            )
+        for batch in found["waiting_batches"]:
+            self.stdout.write(
+                f"waiting  batch {batch.number} of {batch.site} "
+                f"({batch.file_name}): {batch.detail}"
+            )
+        for item in found["quarantined"]:
+            self.stdout.write(
+                f"quarantined {item.file_name} [{item.code}] {item.detail} "
+                f"-> {item.moved_to}"
             )
         if not any(found.values()):
             self.stdout.write("no problems")
@@ -238,4 +257,81 @@ class Command(BaseCommand):
                 summary = push(chunk_size=chunk_size, progress=sys.stderr.isatty())
                 self.stdout.write(str(summary))
         except PushFailed as exc:
+            raise CommandError(str(exc)) from exc
+
+    # -- batch files between a site and central ----------------------------------
+
+    def add_export_arguments(self, parser):
+        parser.add_argument("--to", help="write the batches here, not to the outbox")
+        parser.add_argument(
+            "--from-acknowledged",
+            action="store_true",
+            help="export everything central has not acknowledged (after a lost drive)",
+        )
+        parser.add_argument("--max-envelopes", type=int, default=None)
+
+    def add_import_arguments(self, parser):
+        parser.add_argument("directory", nargs="?", help="default: SYNC_INBOX_DIR")
+        parser.add_argument("--receipts", help="write receipts here")
+        parser.add_argument("--watch", action="store_true", help="keep importing")
+        parser.add_argument("--interval", type=float, default=None)
+        parser.add_argument("--loops", type=int, default=None, help=argparse.SUPPRESS)
+
+    def add_file_parsers(self, sub):
+        for name, text in (
+            ("send", "copy the outbox's batch files to central"),
+            ("fetch-receipts", "fetch central's receipts and import them"),
+        ):
+            parser = sub.add_parser(name, help=text)
+            where = parser.add_mutually_exclusive_group(required=True)
+            where.add_argument("--folder", help="a drive or folder (inbox/, receipts/)")
+            where.add_argument(
+                "--sftp", action="store_true", help="SYNC_SFTP_* settings"
+            )
+        receipts = sub.add_parser("import-receipts", help="import central's receipts")
+        receipts.add_argument("directory", nargs="?", help="default: SYNC_RECEIPTS_DIR")
+
+    def do_export(self, to=None, from_acknowledged=False, max_envelopes=None, **o):
+        from sync.transport.files import export
+
+        self.stdout.write(str(export(to, from_acknowledged, max_envelopes)))
+
+    def do_import(self, directory=None, receipts=None, watch=False, **options):
+        from sync.transport.files import import_directory, import_forever
+
+        if watch:
+            import_forever(directory, receipts, options["interval"], options["loops"])
+        else:
+            self.stdout.write(str(import_directory(directory, receipts)))
+
+    def do_import_receipts(self, directory=None, **options):
+        from sync.transport.files import import_receipts
+
+        self.stdout.write(str(import_receipts(directory)))
+
+    def do_send(self, **options):
+        from sync.transport.files import send
+
+        self._with_drop(send, **options)
+
+    def do_fetch_receipts(self, **options):
+        from sync.transport.files import fetch_receipts
+
+        self._with_drop(fetch_receipts, **options)
+
+    def _with_drop(self, work, folder=None, sftp=False, **options):
+        from sync.transport.files import FolderDrop, TransferFailed
+
+        try:
+            if sftp:
+                from sync.transport.sftp import SftpDrop
+
+                drop = SftpDrop()
+            else:
+                drop = FolderDrop(folder)
+            try:
+                self.stdout.write(str(work(drop)))
+            finally:
+                drop.close()
+        except TransferFailed as exc:
             raise CommandError(str(exc)) from exc
