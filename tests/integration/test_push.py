@@ -1,0 +1,304 @@
+"""Push from a laptop to a community server, as live processes on loopback.
+
+The community node runs under gunicorn; the laptop is driven by ``manage.py``
+the way a research assistant's laptop is. Each has its own PostgreSQL
+database, and what a user would notice is read from those databases.
+"""
+
+import gzip
+import re
+import signal
+import time
+
+import pytest
+
+from tests.integration.conftest import LAPTOP, OTHER_LAPTOP
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+
+SUMMARY = re.compile(
+    r"sent (?P<sent>\d+), acknowledged through #(?P<through>\d+), "
+    r"applied (?P<applied>\d+), parked (?P<parked>\d+), "
+    r"conflicts (?P<conflicts>\d+), failed (?P<failed>\d+)"
+)
+
+
+def summary_of(output: str) -> dict[str, int]:
+    found = SUMMARY.search(output)
+    assert found, f"no push summary in {output!r}"
+    return {name: int(value) for name, value in found.groupdict().items()}
+
+
+def assert_refused(response, status: int, code: str | None = None) -> dict:
+    """Check an API refusal: the status, and JSON with a code and a detail."""
+    assert response.status_code == status, response.text
+    assert response.headers["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert isinstance(body.get("code"), str) and body["code"], body
+    assert isinstance(body.get("detail"), str) and body["detail"], body
+    if code:
+        assert body["code"] == code, body
+    return body
+
+
+def assert_nothing_stored(community) -> None:
+    assert community.count("sync_incomingtransaction") == 0
+    assert community.count("sync_rejectedenvelope") == 0
+    assert community.count("study_household") == 0
+
+
+def table_counts(node) -> dict[str, int]:
+    return {table: node.count(table) for table in node.study_tables()}
+
+
+def outbox(node) -> list[tuple]:
+    return node.rows(
+        "SELECT id, sequence, signature FROM sync_outgoingtransaction ORDER BY sequence"
+    )
+
+
+def test_pushed_field_day_arrives_exactly_once(community, laptop):
+    total = laptop.count("sync_outgoingtransaction")
+    assert total > 100, "the field day should make a few hundred transactions"
+
+    pushed = laptop.manage("sync", "push")
+
+    summary = summary_of(pushed.stdout)
+    assert summary == {
+        "sent": total,
+        "through": total,
+        "applied": total,
+        "parked": 0,
+        "conflicts": 0,
+        "failed": 0,
+    }
+    status = laptop.manage("sync", "status").stdout
+    assert f"outgoing {total} made here, 0 not yet acknowledged upstream" in status
+    assert f"community-1 holds {LAPTOP} through #{total}" in status
+
+    # Every transaction is held once and applied once.
+    incoming = community.rows(
+        "SELECT id, sequence, status FROM sync_incomingtransaction ORDER BY sequence"
+    )
+    sent = laptop.rows("SELECT id, sequence FROM sync_outgoingtransaction ORDER BY 2")
+    assert [(id_, seq) for id_, seq, _ in incoming] == sent
+    assert {status for _, _, status in incoming} == {"applied"}
+    assert community.rows(
+        "SELECT producer, contiguous, highest, processed_through "
+        "FROM sync_producerstate"
+    ) == [(LAPTOP, total, total, total)]
+    assert community.count("sync_rejectedenvelope") == 0
+
+    # The community holds exactly the laptop's records and their audit trail.
+    assert table_counts(community) == table_counts(laptop)
+    for table, order in [
+        ("study_household", "id"),
+        ("study_historicalhousehold", "history_id"),
+        ("study_householdmember", "id"),
+        ("study_historicalsubjectrequisition", "history_id"),
+    ]:
+        sql = f"SELECT * FROM {table} ORDER BY {order}"
+        assert community.records(sql) == laptop.records(sql), table
+
+
+def test_interrupted_push_resumes_after_last_acknowledged_chunk(community, laptop):
+    total = laptop.count("sync_outgoingtransaction")
+    chunk = 10
+    held = "SELECT contiguous FROM sync_producerstate WHERE producer = %s"
+
+    push = laptop.start_manage("sync", "push", SYNC_CHUNK_SIZE=chunk)
+    deadline = time.monotonic() + 60
+    try:
+        while not (community.value(held, (LAPTOP,)) or 0):
+            assert push.poll() is None, f"push ended early: {push.communicate()}"
+            assert time.monotonic() < deadline, "no chunk acknowledged in 60 s"
+            time.sleep(0.01)
+    finally:
+        push.send_signal(signal.SIGKILL)
+        push.communicate(timeout=30)
+    assert push.returncode == -signal.SIGKILL
+    interrupted_at = community.value(held, (LAPTOP,))
+    assert 0 < interrupted_at < total, "the push finished before it was interrupted"
+
+    resumed = laptop.manage("sync", "push", SYNC_CHUNK_SIZE=chunk)
+
+    summary = summary_of(resumed.stdout)
+    assert summary["through"] == total
+    assert summary["sent"] <= total - interrupted_at
+    deliveries = community.push_lines(LAPTOP)
+    assert sum(stored for stored, _ in deliveries) == total
+    assert sum(duplicates for _, duplicates in deliveries) <= chunk
+    assert (
+        community.value("SELECT count(DISTINCT sequence) FROM sync_incomingtransaction")
+        == community.count("sync_incomingtransaction")
+        == total
+    )
+    assert community.rows(
+        "SELECT status, count(*) FROM sync_incomingtransaction GROUP BY status"
+    ) == [("applied", total)]
+    assert table_counts(community) == table_counts(laptop)
+
+
+def test_duplicate_chunk_is_acknowledged_not_stored_again(
+    community, laptop, deployment
+):
+    body = {"schema_version": 1, "envelopes": laptop.wire_envelopes(limit=20)}
+    credential = deployment.credential(LAPTOP)
+
+    first = community.post(body, credential, gzipped=True)
+    assert first.status_code == 200, first.text
+    assert first.json()["stored"] == 20
+    before = table_counts(community)
+
+    second = community.post(body, credential, gzipped=True)
+
+    assert second.status_code == 200, second.text
+    answer = second.json()
+    assert answer["stored"] == 0
+    assert answer["duplicates"] == 20
+    assert answer["rejected"] == []
+    assert answer["acknowledged"] == {LAPTOP: 20}
+    assert community.count("sync_incomingtransaction") == 20
+    assert table_counts(community) == before
+
+
+@pytest.fixture(scope="module")
+def guarded_community(deployment):
+    """Return a server taking bodies of at most 32 KiB, and five of laptop-01's
+    envelopes; tests using it must leave it empty."""
+    server = deployment.server(SYNC_MAX_BODY_BYTES="32768")
+    envelopes = deployment.laptop().wire_envelopes(limit=5)
+    yield server, envelopes
+    deployment.stop(server)
+
+
+@pytest.mark.parametrize(
+    "credential",
+    [
+        pytest.param(f"{LAPTOP}:not-the-token", id="wrong-token"),
+        pytest.param("laptop-99:some-token", id="unknown-node"),
+        pytest.param(f"{LAPTOP}", id="no-token"),
+        pytest.param(None, id="no-credential"),
+    ],
+)
+def test_bad_credentials_are_refused_with_401(guarded_community, credential):
+    server, envelopes = guarded_community
+
+    response = server.post({"schema_version": 1, "envelopes": envelopes}, credential)
+
+    assert_refused(response, 401)
+    assert_nothing_stored(server)
+
+
+def test_wrong_token_is_logged_as_a_security_event(guarded_community):
+    server, envelopes = guarded_community
+    seen = len(server.log_text())
+
+    server.post({"schema_version": 1, "envelopes": envelopes}, f"{LAPTOP}:wrong")
+
+    assert re.search(
+        rf"WARNING sync\.security: refused credentials for node '{LAPTOP}'",
+        server.log_text()[seen:],
+    )
+
+
+def test_laptop_cannot_deliver_another_laptops_envelopes(guarded_community, deployment):
+    server, envelopes = guarded_community
+    seen = len(server.log_text())
+
+    response = server.post(
+        {"schema_version": 1, "envelopes": envelopes},
+        deployment.credential(OTHER_LAPTOP),
+    )
+
+    detail = assert_refused(response, 403, "permission_denied")["detail"]
+    assert LAPTOP in detail and "relay" in detail
+    assert_nothing_stored(server)
+    assert re.search(
+        rf"WARNING sync\.security: node {OTHER_LAPTOP} tried to deliver "
+        rf"envelopes of {LAPTOP}; refused",
+        server.log_text()[seen:],
+    )
+
+
+def _with(envelope: dict, **changes) -> dict:
+    return {"schema_version": 1, "envelopes": [dict(envelope, **changes)]}
+
+
+# case: (body made from one good envelope, gzip it?, expected status)
+MALFORMED = {
+    "invalid-json": (lambda e: b'{"schema_version": 1, "envel', False, 400),
+    "not-utf8": (lambda e: b'{"schema_version": 1, "\\xff": []}', False, 400),
+    "bad-gzip": (lambda e: b"this is not gzip", True, 400),
+    "truncated-gzip": (lambda e: gzip.compress(b'{"a": 1}')[:-12], False, 400),
+    "not-an-object": (lambda e: [1, 2, 3], False, 400),
+    "no-schema-version": (lambda e: {"envelopes": [e]}, False, 400),
+    "schema-version-as-string": (
+        lambda e: {"schema_version": "1", "envelopes": [e]},
+        False,
+        400,
+    ),
+    "envelopes-not-a-list": (
+        lambda e: {"schema_version": 1, "envelopes": {"a": e}},
+        False,
+        400,
+    ),
+    "envelope-not-an-object": (
+        lambda e: {"schema_version": 1, "envelopes": ["x"]},
+        False,
+        400,
+    ),
+    "sequence-as-string": (lambda e: _with(e, sequence="1"), False, 400),
+    "sequence-zero": (lambda e: _with(e, sequence=0), False, 400),
+    "record-id-not-a-uuid": (lambda e: _with(e, record_id="nope"), False, 400),
+    "unknown-action": (lambda e: _with(e, action="upsert"), False, 400),
+    "signature-not-base64": (lambda e: _with(e, signature="%%%"), False, 400),
+    "oversized": (lambda e: _with(e, pad="x" * 40000), False, 413),
+    "oversized-once-inflated": (lambda e: _with(e, pad="x" * 40000), True, 413),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_body_is_refused_with_a_message(guarded_community, deployment, case):
+    server, envelopes = guarded_community
+    make_body, gzipped, status = MALFORMED[case]
+
+    response = server.post(
+        make_body(envelopes[0]), deployment.credential(LAPTOP), gzipped=gzipped
+    )
+
+    assert_refused(response, status)
+    assert_nothing_stored(server)
+
+
+def test_revoked_laptop_cannot_push(community, laptop, deployment):
+    community.manage("sync", "node", "revoke", LAPTOP)
+    body = {"schema_version": 1, "envelopes": laptop.wire_envelopes(limit=5)}
+
+    pushed = laptop.manage("sync", "push", check=False)
+    response = community.post(body, deployment.credential(LAPTOP))
+
+    assert pushed.returncode != 0
+    assert "HTTP 403" in pushed.stderr
+    assert f"Node {LAPTOP} is revoked" in pushed.stderr
+    assert "Traceback" not in pushed.stderr
+    assert "revoked" in assert_refused(response, 403, "permission_denied")["detail"]
+    assert_nothing_stored(community)
+    assert "not yet acknowledged upstream" in laptop.manage("sync", "status").stdout
+
+
+def test_schema_too_new_is_refused_and_outbox_kept(community, make_laptop):
+    laptop = make_laptop(SYNC_SCHEMA_VERSION=3)
+    before = outbox(laptop)
+
+    pushed = laptop.manage("sync", "push", check=False)
+
+    assert pushed.returncode != 0
+    assert "HTTP 426" in pushed.stderr
+    assert "schema version 1 and talks to versions 0 to 2" in pushed.stderr
+    assert "the sender runs 3" in pushed.stderr
+    assert "Traceback" not in pushed.stderr
+    assert outbox(laptop) == before
+    assert_nothing_stored(community)
+    status = laptop.manage("sync", "status").stdout
+    assert f"{len(before)} not yet acknowledged upstream" in status
