@@ -247,6 +247,12 @@ class ImportedBatch(models.Model):
     stored = models.PositiveIntegerField(default=0)
     duplicates = models.PositiveIntegerField(default=0)
     rejected = models.PositiveIntegerField(default=0)
+    producers = models.JSONField(
+        default=dict, help_text="{producer: {first, last, count}}, from the manifest"
+    )
+    location = models.CharField(
+        max_length=500, blank=True, default="", help_text="Folder a waiting file is in."
+    )
     detail = models.TextField(blank=True, default="")
     seen_at = models.DateTimeField(default=timezone.now)
     imported_at = models.DateTimeField(null=True, blank=True)

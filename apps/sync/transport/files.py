@@ -14,14 +14,16 @@ A batch file ``<site>-<number:06d>.batch`` is a tar of three members:
   a missing one is noticed;
 - ``manifest.sig``: the site's Ed25519 signature of ``manifest.json``.
 
-A batch is written under a temporary name, synced to disk and renamed in the
-same database transaction that records it, so a crash leaves a complete batch
-or none. If the commit is what fails, the next export adopts the complete
-file. Central imports each site's batches in chain order: a batch whose
+A batch is written under a temporary name, synced to disk and renamed; only
+then is it recorded, so a crash leaves a complete batch or none, and the next
+batch's chain link always names a file that exists. A complete file whose
+record was never committed is adopted by the next export.
+
+Central imports each site's batches in chain order: a batch whose
 predecessor has not arrived waits in the inbox; a file that fails any check
 is moved to quarantine with the reason; importing a batch twice changes
 nothing. A receipt is signed JSON from central: how far it holds each
-producer's sequence, and the last batch it imported from each site.
+producer's sequence the site sent, and the last batch of the site it imported.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from .. import keys
+from ..acknowledgements import record_acknowledgement
 from ..apply import apply_pending
 from ..envelope import Envelope
 from ..errors import EnvelopeInvalid, SyncError
@@ -332,19 +335,18 @@ def _write_batch(
         out.flush()
         os.fsync(out.fileno())
     packed.unlink()
-    # Recorded and renamed together: if the commit fails after the rename, the
-    # next export finds the complete file and adopts it.
-    with transaction.atomic():
-        record = ExportedBatch.objects.create(
-            number=number,
-            file_name=name,
-            manifest_digest=hashlib.sha256(manifest_bytes).hexdigest(),
-            envelope_count=count,
-            producers=producers,
-            resync=resync,
-        )
-        os.replace(temporary, directory / name)
-        fsync_directory(directory)
+    os.replace(temporary, directory / name)
+    fsync_directory(directory)
+    # Recorded only once the file is complete under its name: a crash before
+    # this commit leaves a file the next export adopts (_adopt_unrecorded).
+    record = ExportedBatch.objects.create(
+        number=number,
+        file_name=name,
+        manifest_digest=hashlib.sha256(manifest_bytes).hexdigest(),
+        envelope_count=count,
+        producers=producers,
+        resync=resync,
+    )
     log.info("wrote %s: %d envelopes of %d producers", name, count, len(producers))
     return record
 
@@ -598,6 +600,8 @@ class ImportSummary:
     duplicates: int = 0
     rejected: int = 0
     seconds: float = 0.0
+    # Sites with a batch imported or seen again: each gets a fresh receipt.
+    receipted: set[str] = field(default_factory=set)
 
     def __str__(self) -> str:
         return (
@@ -630,6 +634,7 @@ def import_directory(
         and path.suffix in (BATCH_SUFFIX, RECEIPT_SUFFIX)
     )
     log.info("importing %d files from %s", len(files), directory)
+    _forget_vanished(directory)
     found: dict[str, dict[int, BatchFile]] = {}
     for path in files:
         if path.suffix == RECEIPT_SUFFIX:
@@ -643,7 +648,8 @@ def import_directory(
             summary.quarantined += 1
     for site in sorted(found):
         _import_chain(site, found[site], summary)
-        # Also after a repeated batch: the site may have lost the last receipt.
+    # Also after a repeated batch: the site may have lost the last receipt.
+    for site in sorted(summary.receipted):
         write_receipt(site, receipts_dir)
     summary.seconds = time.monotonic() - started
     log.info("import from %s done: %s", directory, summary)
@@ -708,6 +714,7 @@ def _sort_in(batch: BatchFile, found: dict, summary: ImportSummary) -> None:
         log.info("%s was already imported; nothing to do", batch.path.name)
         _set_aside(batch.path)
         summary.repeated += 1
+        summary.receipted.add(batch.site)
         return
     found[batch.site][batch.number] = batch
 
@@ -774,6 +781,19 @@ def _fits(batch: BatchFile, last: ImportedBatch | None) -> bool:
     return True
 
 
+def _forget_vanished(directory: Path) -> None:
+    """Drop the waiting mark of batches no longer in ``directory``."""
+    waiting = ImportedBatch.objects.filter(
+        status=ImportedBatch.Status.WAITING, location=str(directory)
+    )
+    for row in waiting:
+        if not (directory / row.file_name).exists():
+            log.warning(
+                "%s no longer waits in %s: it was removed", row.file_name, directory
+            )
+            row.delete()
+
+
 def _wait(batch: BatchFile, last: ImportedBatch | None) -> None:
     missing = (last.number if last else 0) + 1
     detail = f"waiting for batch {missing} of {batch.site}"
@@ -785,6 +805,8 @@ def _wait(batch: BatchFile, last: ImportedBatch | None) -> None:
             "file_name": batch.path.name,
             "status": ImportedBatch.Status.WAITING,
             "envelope_count": batch.count,
+            "producers": batch.producers,
+            "location": str(batch.path.parent),
             "detail": detail,
         },
     )
@@ -811,6 +833,8 @@ def _import_batch(batch: BatchFile, summary: ImportSummary) -> None:
             "file_name": batch.path.name,
             "status": ImportedBatch.Status.IMPORTED,
             "envelope_count": batch.count,
+            "producers": batch.producers,
+            "location": "",
             "stored": stored,
             "duplicates": duplicates,
             "rejected": rejected,
@@ -820,6 +844,7 @@ def _import_batch(batch: BatchFile, summary: ImportSummary) -> None:
     )
     _set_aside(batch.path)
     summary.imported += 1
+    summary.receipted.add(batch.site)
     summary.stored += stored
     summary.duplicates += duplicates
     summary.rejected += rejected
@@ -860,6 +885,13 @@ def quarantine(path: Path, exc: BatchRefused) -> Path:
     shutil.move(path, target)
     target.with_name(target.name + ".reason").write_text(f"{exc.code}: {exc.reason}\n")
     site, number = _guess_origin(path.name)
+    # A batch that waited for its turn and then failed no longer waits.
+    ImportedBatch.objects.filter(
+        site=site,
+        number=number,
+        status=ImportedBatch.Status.WAITING,
+        location=str(path.parent),
+    ).delete()
     QuarantinedFile.objects.create(
         file_name=path.name,
         moved_to=str(target),
@@ -884,10 +916,21 @@ def _guess_origin(name: str) -> tuple[str, int | None]:
 
 
 def write_receipt(site: str, directory: str | Path | None = None) -> Path:
-    """Write central's signed receipt for ``site`` into ``directory``/<site>/."""
+    """Write central's signed receipt for ``site`` into ``directory``/<site>/.
+
+    It says how far central holds, gap-free, each producer the site has sent
+    (its own sequence and those it relays), and the last batch of the site
+    imported. Receipts are cumulative, so older ones of the site are removed.
+    """
     me = settings.SYNC_NODE_ID
     directory = Path(directory or settings.SYNC_RECEIPTS_DIR) / site
     directory.mkdir(parents=True, exist_ok=True)
+    imported = ImportedBatch.objects.filter(
+        site=site, status=ImportedBatch.Status.IMPORTED
+    )
+    producers = set()
+    for spans in imported.values_list("producers", flat=True):
+        producers.update(spans)
     now = timezone.now()
     body = {
         "format": FORMAT,
@@ -896,18 +939,11 @@ def write_receipt(site: str, directory: str | Path | None = None) -> Path:
         "site": site,
         "created": now.isoformat(),
         "held": dict(
-            ProducerState.objects.filter(contiguous__gt=0)
+            ProducerState.objects.filter(producer__in=producers, contiguous__gt=0)
             .order_by("producer")
             .values_list("producer", "contiguous")
         ),
-        "batches": {
-            row["site"]: row["last"]
-            for row in ImportedBatch.objects.filter(
-                status=ImportedBatch.Status.IMPORTED
-            )
-            .values("site")
-            .annotate(last=Max("number"))
-        },
+        "batches": {site: imported.aggregate(last=Max("number"))["last"] or 0},
     }
     payload = json.dumps(body, sort_keys=True, separators=(",", ":"))
     signature = base64.b64encode(keys.signing_key().sign(payload.encode())).decode()
@@ -915,6 +951,9 @@ def write_receipt(site: str, directory: str | Path | None = None) -> Path:
     write_atomically(
         path, json.dumps({"receipt": payload, "signature": signature}).encode()
     )
+    for older in directory.glob(f"{me}-{site}-*{RECEIPT_SUFFIX}"):
+        if older.name < path.name:
+            older.unlink(missing_ok=True)
     log.info(
         "wrote receipt %s: %d producers, last batch %s",
         path.name,
@@ -1020,20 +1059,16 @@ def import_receipt(path: Path) -> dict:
             f"{path.name} is addressed to {body.get('site')}, not to {me}",
             "not_for_this_site",
         )
-    now = timezone.now()
     with transaction.atomic():
+        # Central's own word, so taken as it is even when lower: a central
+        # restored from a backup holds less, and export --from-acknowledged
+        # must send that again. Receipts are imported oldest first (their
+        # names sort by time); a stale one only causes duplicates.
         for producer, through in held.items():
-            ack, _ = Acknowledgement.objects.select_for_update().get_or_create(
-                holder=central, producer=producer
-            )
-            # Receipts can arrive out of order: never move a mark back.
-            if through > ack.through_sequence:
-                ack.through_sequence = through
-                ack.updated = now
-                ack.save()
+            record_acknowledgement(central, producer, through, exact=True)
         ExportedBatch.objects.filter(
             number__lte=batches.get(me, 0), receipted_at=None
-        ).update(receipted_at=now)
+        ).update(receipted_at=timezone.now())
     _set_aside(path)
     log.info(
         "receipt %s from %s: %d producers acknowledged, batches through %s",
@@ -1109,6 +1144,7 @@ class FolderDrop:
         return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
     def get(self, area: str, name: str, local: Path) -> None:
+        """Copy ``name`` to ``local``; raise FileNotFoundError if it is gone."""
         temporary = local.with_name(f".{local.name}.part")
         with (
             open(self.root / area / name, "rb") as source,
@@ -1131,22 +1167,37 @@ class FolderDrop:
 class SendSummary:
     sent: list[str] = field(default_factory=list)
     already_there: int = 0
+    sent_before: int = 0
     seconds: float = 0.0
 
     def __str__(self) -> str:
         return (
             f"sent {len(self.sent)} batch files ({', '.join(self.sent) or '-'}), "
-            f"{self.already_there} already there, in {self.seconds:.1f} s"
+            f"{self.already_there} already there, {self.sent_before} sent before "
+            f"and not receipted yet, in {self.seconds:.1f} s"
         )
 
 
-def send(drop: Drop) -> SendSummary:
-    """Copy every batch file in the outbox to the drop's inbox."""
+def send(drop: Drop, resend: bool = False) -> SendSummary:
+    """Copy the outbox's batch files to the drop's inbox.
+
+    A batch sent before is skipped unless ``resend``: central may have
+    imported it already and moved it out of its inbox. Batch files leave the
+    outbox when central's receipt covers them.
+    """
     started = time.monotonic()
     outbox = Path(settings.SYNC_EXPORT_DIR)
     paths = sorted(outbox.glob(f"*{BATCH_SUFFIX}")) if outbox.is_dir() else []
-    log.info("sending %d batch files to %s", len(paths), drop)
     summary = SendSummary()
+    if not resend:
+        sent = set(
+            ExportedBatch.objects.exclude(sent_at=None).values_list(
+                "file_name", flat=True
+            )
+        )
+        summary.sent_before = sum(path.name in sent for path in paths)
+        paths = [path for path in paths if path.name not in sent]
+    log.info("sending %d batch files to %s", len(paths), drop)
     for path in paths:
         if drop.put(path, INBOX):
             summary.sent.append(path.name)
@@ -1168,7 +1219,10 @@ def fetch_receipts(drop: Drop) -> ReceiptSummary:
     names = [n for n in drop.names(area) if n.endswith(RECEIPT_SUFFIX)]
     log.info("fetching %d receipts from %s", len(names), drop)
     for name in names:
-        drop.get(area, name, directory / name)
+        try:
+            drop.get(area, name, directory / name)
+        except FileNotFoundError:
+            continue  # central replaced it with a newer one meanwhile
         # The local copy is on disk: the drop's copy is no longer needed.
         drop.remove(area, name)
     return import_receipts(directory)

@@ -126,6 +126,9 @@ class SftpDrop:
         temporary = local.with_name(f".{local.name}.part")
         try:
             self.sftp.get(self._path(area, name), str(temporary))
+        except FileNotFoundError:
+            temporary.unlink(missing_ok=True)
+            raise
         except OSError as exc:
             raise TransferFailed(
                 f"download of {name} from {self} failed: {exc}"

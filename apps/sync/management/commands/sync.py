@@ -288,6 +288,12 @@ class Command(BaseCommand):
             where.add_argument(
                 "--sftp", action="store_true", help="SYNC_SFTP_* settings"
             )
+            if name == "send":
+                parser.add_argument(
+                    "--resend",
+                    action="store_true",
+                    help="also send batches sent before and not receipted yet",
+                )
         receipts = sub.add_parser("import-receipts", help="import central's receipts")
         receipts.add_argument("directory", nargs="?", help="default: SYNC_RECEIPTS_DIR")
 
@@ -309,10 +315,10 @@ class Command(BaseCommand):
 
         self.stdout.write(str(import_receipts(directory)))
 
-    def do_send(self, **options):
+    def do_send(self, resend=False, **options):
         from sync.transport.files import send
 
-        self._with_drop(send, **options)
+        self._with_drop(lambda drop: send(drop, resend=resend), **options)
 
     def do_fetch_receipts(self, **options):
         from sync.transport.files import fetch_receipts
