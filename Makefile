@@ -23,8 +23,14 @@ help:
 	@echo "make run ROLE=client   one node natively (SQLite unless DATABASE_URL is set)"
 	@echo "make seed              a realistic field day on the node of ROLE/NODE_ID"
 	@echo "make bench [N=...]     push N transactions over HTTP on PostgreSQL, measured"
-	@echo "make up|down|logs ROLE=...   a role's Compose stack"
 	@echo "make images            build the images (air-gapped by default)"
+	@echo "make ca                the deployment CA (var/deployment/ca/ca.crt)"
+	@echo "make up ROLE=...       a role's Compose stack over https, waiting until healthy"
+	@echo "                       (ROLE: client, middleman, community, central; NODE_ID=<role>-1)"
+	@echo "make down ROLE=...     stop that stack; its data volumes are kept"
+	@echo "make logs ROLE=...     follow that stack's logs"
+	@echo "make register NODE_ID=...  register a node on its upstream's stack (and above)"
+	@echo "make smoke             every role up side by side, /health/ over https, down"
 
 # The virtualenv is rebuilt whenever a lock file changes.
 install: $(VENV)/.installed
@@ -77,3 +83,4 @@ bench: install
 	$(PY) -m tests.bench.push $(N)
 
 include infra/images.mk
+include compose/compose.mk
