@@ -197,6 +197,8 @@ SYNC_RECEIPTS_DIR = Path(
 )
 SYNC_BATCH_MAX_ENVELOPES = env.int("SYNC_BATCH_MAX_ENVELOPES", default=50000)
 SYNC_IMPORT_INTERVAL = env.float("SYNC_IMPORT_INTERVAL", default=30.0)
+# Touched after each pass of `sync import --watch`, for a health check.
+SYNC_IMPORT_HEARTBEAT_FILE = env.str("SYNC_IMPORT_HEARTBEAT_FILE", default="")
 # SFTP to central: key authentication, and central's host key must be listed
 # in SYNC_SFTP_KNOWN_HOSTS (an unknown host key is refused).
 SYNC_SFTP_HOST = env.str("SYNC_SFTP_HOST", default="")

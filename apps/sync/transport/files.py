@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
+from django import db
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
@@ -666,12 +667,26 @@ def import_forever(
 
     Polling, not file-system events: inotify misses files written through
     network mounts and USB drives mounted later, which is how batches come.
+    After each pass the heartbeat file (SYNC_IMPORT_HEARTBEAT_FILE) is
+    touched; a pass that fails is logged and tried again, and the heartbeat
+    goes stale, which turns the container's health check red.
     """
     interval = settings.SYNC_IMPORT_INTERVAL if interval is None else interval
+    heartbeat = settings.SYNC_IMPORT_HEARTBEAT_FILE
+    log.info("watching %s every %.1f s", directory or settings.SYNC_INBOX_DIR, interval)
     for loop in itertools.count(1):
-        summary = import_directory(directory, receipts_dir)
-        if summary.imported or summary.quarantined or summary.receipts:
-            log.info("background import: %s", summary)
+        try:
+            summary = import_directory(directory, receipts_dir)
+        except Exception:
+            log.exception(
+                "import pass %d failed; trying again in %.1f s", loop, interval
+            )
+            db.close_old_connections()
+        else:
+            if summary.imported or summary.quarantined or summary.receipts:
+                log.info("background import: %s", summary)
+            if heartbeat:
+                Path(heartbeat).touch()
         if loops is not None and loop >= loops:
             return
         time.sleep(interval)
