@@ -145,6 +145,8 @@ def _ready(arrived: set[str], using: str) -> list[IncomingTransaction]:
     parked = IncomingTransaction.objects.using(using).filter(
         status=IncomingStatus.PARKED
     )
+    if not parked.exists():
+        return []
     tokens = list(arrived)
     ready = {}
     for start in range(0, len(tokens), 500):

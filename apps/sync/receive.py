@@ -137,19 +137,24 @@ def _insert(rows: list[IncomingTransaction], using: str) -> None:
     fields = IncomingTransaction._meta.concrete_fields
     table = quote(IncomingTransaction._meta.db_table)
     columns = ", ".join(quote(f.column) for f in fields)
-    values = [
-        [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields]
-        for row in rows
-    ]
     with connection.cursor() as cursor:
         if connection.vendor != "postgresql":
             marks = ", ".join(["%s"] * len(fields))
             cursor.executemany(
                 f"INSERT INTO {table} ({columns}) VALUES ({marks}) "
                 "ON CONFLICT DO NOTHING",
-                values,
+                [
+                    [
+                        f.get_db_prep_save(getattr(r, f.attname), connection)
+                        for f in fields
+                    ]
+                    for r in rows
+                ],
             )
             return
+        # Every column is a UUID, text, integer, bytes or time, which psycopg
+        # adapts itself: no per-value round through Django's field machinery.
+        values = [[getattr(r, f.attname) for f in fields] for r in rows]
         cursor.execute(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS incoming_copy "
             f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"

@@ -22,6 +22,8 @@ from tests.integration.nodes import Node, Server
 from tests.pgcluster import start_cluster
 
 TOKEN = "bench-token"
+# As deployed: DEBUG off (Django then keeps no log of every query).
+PRODUCTION = {"DEBUG": "0", "SECRET_KEY": "bench-only-secret-key-not-for-use"}
 
 
 class PeakMemory(threading.Thread):
@@ -45,17 +47,17 @@ class PeakMemory(threading.Thread):
 def run(transactions: int, chunk: int) -> dict:
     directory = Path(tempfile.mkdtemp(prefix="collect-bench-"))
     cluster = start_cluster(["laptop", "community"], durable=True)
-    community = server = None
+    community = None
     try:
         data_keys = directory / "data-keys"
         laptop = Node(
             "laptop-01", "client", cluster.url("laptop"), directory / "laptop",
-            directory / "laptop" / "signing.pem", data_keys,
+            directory / "laptop" / "signing.pem", data_keys, dict(PRODUCTION),
         )  # fmt: skip
         community = Server(
             "community-1", "community", cluster.url("community"),
             directory / "community", directory / "community" / "signing.pem",
-            data_keys,
+            data_keys, dict(PRODUCTION),
         )  # fmt: skip
         laptop.manage("sync", "keygen", "--data-key")
         public_key = laptop.keygen()
