@@ -42,7 +42,8 @@ define check-role
 		*) echo "ROLE must be one of: $(COMPOSE_ROLES)"; exit 2 ;; esac
 endef
 
-up: images
+# SKIP_IMAGES=1: the caller built the images already (smoke, demo).
+up: $(if $(SKIP_IMAGES),,images)
 	$(check-role)
 	$(PROVISION) node $(ROLE) $(NODE_ID)
 	$(STACK) $(NODE_ID) up -d --wait
@@ -65,4 +66,4 @@ demo: images
 	$(PY) compose/demo.py
 
 smoke: images
-	bash infra/ci/smoke-up.sh
+	SKIP_IMAGES=1 bash infra/ci/smoke-up.sh
