@@ -52,6 +52,8 @@ lint: install
 		$(PY) manage.py makemigrations --check --dry-run
 	ROLE=client NODE_ID=lint DEBUG=1 DATABASE_URL=sqlite:///:memory: \
 		$(PY) manage.py check
+	ROLE=community NODE_ID=lint DEBUG=1 DATABASE_URL=sqlite:///:memory: \
+		$(PY) manage.py spectacular --validate --fail-on-warn > /dev/null
 
 # One engine contract, run against SQLite and against PostgreSQL.
 test-fast: lint

@@ -11,6 +11,7 @@ class SyncConfig(AppConfig):
 
     def ready(self) -> None:
         from . import capture, checks  # noqa: F401
+        from .transport import schema  # noqa: F401
 
         autodiscover_modules("offline")
         capture.connect()
