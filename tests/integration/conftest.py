@@ -1,11 +1,18 @@
-"""Provides a live deployment for integration tests: a community server, laptops.
+"""Provides a live deployment for integration tests: laptops, middlemen, community.
 
-One throwaway PostgreSQL cluster serves the whole run. Three template
-databases are made once: a migrated node, a community node on which laptop-01
-and laptop-02 are registered (``sync node add``), and laptop-01 after a field
-day (``seed``). Each test gets fresh copies (``CREATE DATABASE ... TEMPLATE``),
-so tests share no rows. Keys live in a temporary directory: one data-keys
-folder for the deployment, one signing key per node.
+One throwaway PostgreSQL cluster serves the whole run. Template databases are
+made once, the way an operator would set the nodes up (``sync node add``):
+
+- ``community_template``: laptop-01 and laptop-02 registered as clients,
+  middleman-1 as a relay, middleman-2 as a middleman that may not relay;
+- ``laptop_template``: laptop-01 after a field day (``seed``), with both
+  middlemen registered to pull from it and laptop-02 registered as a client;
+- ``middleman_template``: middleman-1 and middleman-2 know laptop-01's key.
+
+Each test gets fresh copies (``CREATE DATABASE ... TEMPLATE``), so tests share
+no rows. Every node has a user ``ra`` (password ``PASSWORD``) for its pages.
+Keys live in a temporary directory: one data-keys folder for the deployment,
+one signing key per node.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psycopg
@@ -24,7 +32,11 @@ from tests.pgcluster import Cluster, start_cluster
 COMMUNITY = "community-1"
 LAPTOP = "laptop-01"
 OTHER_LAPTOP = "laptop-02"
+MIDDLEMAN = "middleman-1"
+NON_RELAY = "middleman-2"
 FIELD_DAY_HOUSEHOLDS = 10
+USERNAME = "ra"
+PASSWORD = "field-day-password"
 
 # Servers running now; a failing test's report carries each one's log.
 _running: list[Server] = []
@@ -69,67 +81,155 @@ class Deployment:
             settings={name: str(value) for name, value in settings.items()},
         )
 
+    def serve(self, node: Server) -> Server:
+        """Start ``node`` under gunicorn; it is stopped by ``stop``."""
+        node.start()
+        _running.append(node)
+        return node
+
     def server(self, **settings: str) -> Server:
         """Start a community server on a copy of the registered community."""
         server = self.node(
             COMMUNITY, "community", template="community_template", kind=Server,
             **settings,
         )  # fmt: skip
-        server.start()
-        _running.append(server)
-        return server
+        return self.serve(server)
 
     def stop(self, server: Server) -> None:
         try:
             server.stop()
         finally:
-            _running.remove(server)
+            if server in _running:
+                _running.remove(server)
 
-    def laptop(self, **settings: str) -> Node:
+    def laptop(self, kind: type[Node] = Node, **settings: str) -> Node:
         """Return a copy of laptop-01 after its field day (settings as keywords)."""
+        defaults = {
+            "UPSTREAM_TOKEN": self.tokens[LAPTOP],
+            "SYNC_RETRY_SECONDS": "5",
+            "SYNC_HTTP_TIMEOUT": "30",
+        }
         return self.node(
             LAPTOP,
             "client",
             template="laptop_template",
-            UPSTREAM_TOKEN=self.tokens[LAPTOP],
-            SYNC_RETRY_SECONDS="5",
-            SYNC_HTTP_TIMEOUT="30",
-            **settings,
+            kind=kind,
+            **{**defaults, **settings},
+        )
+
+    def middleman(
+        self, node_id: str = MIDDLEMAN, kind: type[Node] = Node, **settings: str
+    ) -> Node:
+        """Return a middleman knowing laptop-01; one token upstream and to pull."""
+        defaults = {
+            "UPSTREAM_TOKEN": self.tokens[node_id],
+            "PULL_TOKEN": self.tokens[node_id],
+            "SYNC_RETRY_SECONDS": "5",
+            "SYNC_HTTP_TIMEOUT": "30",
+        }
+        return self.node(
+            node_id,
+            "middleman",
+            template="middleman_template",
+            kind=kind,
+            **{**defaults, **settings},
         )
 
     def credential(self, node_id: str) -> str:
-        """Return the ``node:token`` a registered laptop authenticates with."""
+        """Return the ``node:token`` a registered node authenticates with."""
         return f"{node_id}:{self.tokens[node_id]}"
 
-    def register(self, server: Node, node: Node) -> None:
-        """Register ``node`` on ``server`` with a new token, as an operator would."""
-        token = secrets.token_urlsafe(24)
-        server.manage(
-            "sync", "node", "add", node.node_id, "--role", node.role,
-            "--public-key", node.keygen(), "--token", token,
-        )  # fmt: skip
-        self.tokens[node.node_id] = token
+    def token(self, node_id: str) -> str:
+        """Return ``node_id``'s token, the same on every node it is registered on."""
+        return self.tokens.setdefault(node_id, secrets.token_urlsafe(24))
+
+    def add_nodes(self, on: Node, nodes: list[tuple[str, str, str]]) -> None:
+        """Register ``(node id, role, flags)`` on ``on``, as an operator would.
+
+        ``flags`` is "relay", "no-token" or "". The commands run one after
+        another, since they write the same database.
+        """
+        for node_id, role, flags in nodes:
+            args = ["sync", "node", "add", node_id, "--role", role]
+            args += ["--public-key", self.public_key(node_id)]
+            if "no-token" in flags:
+                args.append("--no-token")
+            else:
+                args += ["--token", self.token(node_id)]
+            if "relay" in flags:
+                args.append("--relay")
+            on.manage(*args)
+
+    def public_key(self, node_id: str) -> str:
+        """Return ``node_id``'s public key, making its signing key if needed."""
+        return self.node(node_id, "client", database="node_template").public_key()
+
+
+def _run_together(jobs: list[Callable[[], object]]) -> None:
+    """Run ``jobs``, each on its own database, at once; raise the first failure."""
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        for future in [pool.submit(job) for job in jobs]:
+            future.result()
 
 
 @pytest.fixture(scope="session")
 def deployment(tmp_path_factory) -> Iterator[Deployment]:
-    """Start the cluster; make the node, community and laptop templates."""
+    """Start the cluster; make the node, community, laptop and middleman templates."""
     cluster = start_cluster(["node_template"])
     try:
         deployment = Deployment(cluster, tmp_path_factory.mktemp("deployment"))
         template = deployment.node(COMMUNITY, "community", database="node_template")
         template.manage("migrate", "--no-input", "-v0")
         template.manage("sync", "keygen", "--data-key")
+        template.manage(
+            "createsuperuser", "--no-input", "--username", USERNAME,
+            "--email", "ra@example.org", DJANGO_SUPERUSER_PASSWORD=PASSWORD,
+        )  # fmt: skip
 
-        deployment.create_database("laptop_template", "node_template")
-        deployment.create_database("community_template", "node_template")
+        for name in ("laptop_template", "community_template", "middleman_template"):
+            deployment.create_database(name, "node_template")
         community = deployment.node(
             COMMUNITY, "community", database="community_template"
         )
         laptop = deployment.node(LAPTOP, "client", database="laptop_template")
-        deployment.register(community, laptop)
-        deployment.register(community, deployment.node(OTHER_LAPTOP, "client"))
-        laptop.manage("seed", "--households", str(FIELD_DAY_HOUSEHOLDS), "--seed", "7")
+        middleman = deployment.node(
+            MIDDLEMAN, "middleman", database="middleman_template"
+        )
+        for node_id in (LAPTOP, OTHER_LAPTOP, MIDDLEMAN, NON_RELAY):
+            deployment.public_key(node_id)  # before the threads share the folder
+        _run_together(
+            [
+                lambda: deployment.add_nodes(
+                    community,
+                    [
+                        (LAPTOP, "client", ""),
+                        (OTHER_LAPTOP, "client", ""),
+                        (MIDDLEMAN, "middleman", "relay"),
+                        (NON_RELAY, "middleman", ""),
+                    ],
+                ),
+                lambda: (
+                    deployment.add_nodes(
+                        laptop,
+                        [
+                            (MIDDLEMAN, "middleman", ""),
+                            (NON_RELAY, "middleman", ""),
+                            (OTHER_LAPTOP, "client", ""),
+                        ],
+                    ),
+                    laptop.manage(
+                        "seed",
+                        "--households",
+                        str(FIELD_DAY_HOUSEHOLDS),
+                        "--seed",
+                        "7",
+                    ),  # fmt: skip
+                ),
+                lambda: deployment.add_nodes(
+                    middleman, [(LAPTOP, "client", "no-token")]
+                ),
+            ]
+        )
         yield deployment
     finally:
         cluster.stop()
@@ -170,6 +270,21 @@ def make_laptop(deployment, community) -> Callable[..., Node]:
 def laptop(make_laptop) -> Node:
     """Return laptop-01 after a field day, pointed at the community server."""
     return make_laptop()
+
+
+@pytest.fixture
+def serving_laptop(deployment, community) -> Iterator[Server]:
+    """Return laptop-01 after a field day, serving its pages and the pull API."""
+    server = deployment.laptop(kind=Server, UPSTREAM_URL=community.url)
+    deployment.serve(server)
+    yield server
+    deployment.stop(server)
+
+
+@pytest.fixture
+def middleman(deployment, community) -> Node:
+    """Return middleman-1, a relay registered on the community server."""
+    return deployment.middleman(UPSTREAM_URL=community.url)
 
 
 @pytest.hookimpl(wrapper=True)

@@ -133,6 +133,21 @@ class Node:
             raise NodeFailed(f"{self.node_id}: no public key in {identity!r}")
         return match.group(1)
 
+    def public_key(self) -> str:
+        """Return this node's public key, making its signing key if needed.
+
+        The same as ``keygen`` without starting Django: the key file is made
+        with the product's own function.
+        """
+        from cryptography.hazmat.primitives import serialization
+        from sync import keys
+
+        keys.create_signing_key(self.signing_key)
+        key = serialization.load_pem_private_key(
+            self.signing_key.read_bytes(), password=None
+        )
+        return keys.public_key_text(key)
+
     def rows(self, sql: str, params: tuple = ()) -> list[tuple]:
         with psycopg.connect(self.database_url, autocommit=True) as connection:
             return connection.execute(sql, params).fetchall()
@@ -149,6 +164,10 @@ class Node:
 
     def count(self, table: str) -> int:
         return self.value(f'SELECT count(*) FROM "{table}"')
+
+    def table_counts(self) -> dict[str, int]:
+        """Return the number of rows in each of the study's travelling tables."""
+        return {table: self.count(table) for table in self.study_tables()}
 
     def study_tables(self) -> list[str]:
         """Return the tables of the study's data that travel (not local ones)."""
@@ -246,10 +265,11 @@ class Server(Node):
             return False
 
     def stop(self) -> None:
-        """Stop gunicorn (TERM, then KILL after a grace period); safe twice."""
+        """Stop gunicorn (INT, then KILL after a grace period); safe twice."""
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)
+        # INT is a quick shutdown: a test has no request worth finishing.
+        self.process.send_signal(signal.SIGINT)
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -275,6 +295,47 @@ class Server(Node):
         return requests.post(
             f"{self.url}{PUSH_URL}", data=data, headers=sent, timeout=60
         )
+
+    def login(self, username: str, password: str) -> requests.Session:
+        """Return a browser-like session logged in through the admin login page."""
+        session = requests.Session()
+        session.get(f"{self.url}/admin/login/", timeout=30).raise_for_status()
+        done = session.post(
+            f"{self.url}/admin/login/",
+            data={
+                "username": username,
+                "password": password,
+                "csrfmiddlewaretoken": session.cookies["csrftoken"],
+                "next": "/sync/",
+            },
+            timeout=30,
+        )
+        if "sessionid" not in session.cookies:
+            raise NodeFailed(f"could not log in to {self.node_id}: {done.text[:500]}")
+        return session
+
+    def api(
+        self, method: str, path: str, credential: str | None, **kwargs
+    ) -> requests.Response:
+        """Call ``/api/sync/v1/<path>`` as ``credential`` ("node:token")."""
+        headers = kwargs.pop("headers", {})
+        if credential is not None:
+            headers["Authorization"] = f"Node {credential}"
+        return requests.request(
+            method,
+            f"{self.url}/api/sync/v1/{path}",
+            headers=headers,
+            timeout=60,
+            **kwargs,
+        )
+
+    def pull_lines(self, puller: str) -> list[tuple[int, int]]:
+        """Return (count, after) of each pull by ``puller`` in the log."""
+        pattern = rf"{re.escape(puller)} pulled (\d+) transactions after #(\d+)"
+        return [
+            (int(count), int(after))
+            for count, after in re.findall(pattern, self.log_text())
+        ]
 
     def push_lines(self, producer: str) -> list[tuple[int, int]]:
         """Return (stored, duplicates) of each push from ``producer`` in the log."""

@@ -109,7 +109,11 @@ class EnvelopeBatchParser(BaseParser):
     def parse(self, stream, media_type=None, parser_context=None):
         request = parser_context["request"]
         limit = settings.SYNC_MAX_BODY_BYTES
-        body = stream.read() if stream is not None else b""
+        body = stream.read(limit + 1) if stream is not None else b""
+        if len(body) > limit:
+            raise PayloadTooLarge(
+                f"The body is larger than {limit} bytes; send smaller chunks."
+            )
         if request.META.get("HTTP_CONTENT_ENCODING", "") == "gzip":
             try:
                 inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
@@ -245,9 +249,19 @@ class HeldView(NodeAPIView):
         )
     )
     def get(self, request):
-        producer = request.query_params.get("producer", request.user.node_id)
-        if producer != request.user.node_id and not request.user.can_relay:
-            raise exceptions.PermissionDenied("Ask only about your own sequence.")
+        node: Node = request.user
+        producer = request.query_params.get("producer", node.node_id)
+        if producer != node.node_id and not node.can_relay:
+            security_log.warning(
+                "node %s asked how far %s is held but may not relay; refused",
+                node.node_id,
+                producer,
+            )
+            raise exceptions.PermissionDenied(
+                f"Node {node.node_id} may not relay {producer}'s transactions "
+                "here; register it as a relay (sync node add --relay) to carry "
+                "them."
+            )
         state = ProducerState.objects.filter(producer=producer).first()
         return Response(
             {
@@ -341,11 +355,14 @@ class PullView(NodeAPIView):
                 producer=me, sequence__gt=after
             ).order_by("sequence")[: limit + 1]
         )
-        log.info("%s pulled %d transactions after #%d", node.node_id, len(rows), after)
+        handed = rows[:limit]
+        log.info(
+            "%s pulled %d transactions after #%d", node.node_id, len(handed), after
+        )
         return Response(
             {
                 "node": me,
-                "envelopes": [Envelope.from_row(r).to_wire() for r in rows[:limit]],
+                "envelopes": [Envelope.from_row(r).to_wire() for r in handed],
                 "more": len(rows) > limit,
             }
         )
