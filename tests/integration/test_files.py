@@ -527,9 +527,15 @@ def test_central_sftp_container_takes_batches_from_registered_sites_only(
         SYNC_QUARANTINE_DIR=str(sftp_container.root / "quarantine"),
     )  # fmt: skip
     assert central.count(INCOMING) == total
+    # The importer service runs as the app image's user; here central ran as
+    # root, so hand the receipts over as the service would have written them.
+    shutil.chown(receipts / SITE, 10001, 10001)
+    for receipt in (receipts / SITE).iterdir():
+        shutil.chown(receipt, 10001, 10001)
     fetched = site.manage("sync", "fetch-receipts", "--sftp", **drop).stdout
     assert "imported 1 receipts" in fetched
     assert site.acknowledgements(CENTRAL)[SITE] == site.own_through()
+    assert not list((receipts / SITE).iterdir())
 
     stranger = tmp_path / "stranger"
     subprocess.run(

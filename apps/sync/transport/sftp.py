@@ -143,6 +143,9 @@ class SftpDrop:
             self.sftp.remove(self._path(area, name))
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            # Harmless: the copy is fetched, and importing it again is a no-op.
+            log.warning("could not remove %s from %s: %s", name, self, exc)
 
     def close(self) -> None:
         self.client.close()
