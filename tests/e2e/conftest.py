@@ -66,7 +66,7 @@ def postgres(docker_client):
     server = PostgresServer(docker_client)
     try:
         server.start()
-        server.make_template()
+        server.make_templates()
         yield server
     finally:
         server.stop()

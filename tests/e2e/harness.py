@@ -10,23 +10,27 @@ the admin. Every wait polls a health check or a condition with a deadline.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import logging
 import os
 import re
 import secrets
 import shlex
+import tarfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import docker
 import psycopg
 import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
@@ -40,6 +44,62 @@ PG_PASSWORD = "e2e"
 PG_ALIAS = "postgres"
 TEMPLATE_DB = "node_template"
 LABEL = {"org.collect-offline.e2e": "1"}
+
+
+APP_UID = 10001  # the image's ``app`` user
+
+
+class NodeContainer(DockerContainer):
+    """A container that can be given files owned by the app user before start."""
+
+    def with_owned_files(self, files: dict[str, tuple[bytes, int]]) -> NodeContainer:
+        """Add ``{path: (content, mode)}``, owned by the app user, with parents."""
+        self._transferable_specs.append((_owned_tar(files), None, 0))
+        return self
+
+    def _transfer_into_container(self, transferable, destination, mode) -> None:
+        if destination is not None:
+            return super()._transfer_into_container(transferable, destination, mode)
+        if not self._container.put_archive(path="/", data=transferable):
+            raise OSError("could not copy the node's files into its container")
+
+
+def _owned_tar(files: dict[str, tuple[bytes, int]]) -> bytes:
+    buffer = io.BytesIO()
+    directories = set()
+    for path in files:
+        parent = PurePosixPath(path).parent
+        while str(parent) not in ("/", "/app", "/app/var"):
+            directories.add(str(parent))
+            parent = parent.parent
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for directory in sorted(directories, key=len):
+            info = tarfile.TarInfo(directory.lstrip("/"))
+            info.type = tarfile.DIRTYPE
+            info.mode = 0o755
+            info.uid = info.gid = APP_UID
+            tar.addfile(info)
+        for path, (content, mode) in files.items():
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size = len(content)
+            info.mode = mode
+            info.uid = info.gid = APP_UID
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def signing_key_pair() -> tuple[bytes, str]:
+    """Return a new Ed25519 key as PEM, and its public key as a register wants."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    raw = key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return pem, base64.b64encode(raw).decode()
 
 
 class Timeout(AssertionError):
@@ -291,9 +351,14 @@ class Deployment:
             self.networks.append(self._field_network)
         return self._field_network
 
-    def _app(self, node_id: str, role: str, env: dict) -> AppNode:
+    def _app(
+        self, node_id: str, role: str, env: dict, files: dict | None = None
+    ) -> AppNode:
+        """Prepare (not start) a node's container: keys, probe, environment."""
+        pem, public_key = signing_key_pair()
+        node_dir = f"/app/var/{node_id}"
         container = (
-            DockerContainer(APP_IMAGE)
+            NodeContainer(APP_IMAGE)
             .with_exposed_ports(8000)
             .with_envs(
                 ROLE=role,
@@ -302,14 +367,25 @@ class Deployment:
                 SYNC_DATA_KEYS_DIR=DATA_KEYS,
                 GUNICORN_WORKERS="2",
                 LOG_LEVEL="INFO",
+                # Migrated from a template already (see Templates).
+                MIGRATE="0",
                 **{k: str(v) for k, v in env.items()},
             )
             .with_kwargs(labels={**LABEL, "org.collect-offline.node": node_id})
+            .with_owned_files(
+                {
+                    f"{node_dir}/keys/signing.pem": (pem, 0o600),
+                    **{
+                        f"{node_dir}/{name}": item
+                        for name, item in (files or {}).items()
+                    },
+                }
+            )
         )
         for name, content in self.data_keys.items():
             container.with_copy_into_container(content, f"{DATA_KEYS}/{name}")
         container.with_copy_into_container(PROBE.read_bytes(), "/e2e/probe.py")
-        node = AppNode(node_id, role, container, self.docker)
+        node = AppNode(node_id, role, container, self.docker, public_key=public_key)
         self.containers.append(container)
         self.nodes.append(node)
         return node
@@ -333,27 +409,28 @@ class Deployment:
         node.container.start()
         self.field_network.connect(node.wrapped.id, network_aliases=[node_id])
         node.wait_healthy()
-        node.keygen()
         return node
 
-    def laptop(self, node_id: str, upstream: AppNode | None = None, **env) -> AppNode:
-        """Start a field laptop on SQLite, registered on ``upstream``."""
+    def laptop(
+        self, node_id: str, upstream: AppNode | str | None = "community-1", **env
+    ) -> AppNode:
+        """Start a field laptop on SQLite that pushes to ``upstream``.
+
+        Its token is made here; ``register`` enters it on the server.
+        """
         token = secrets.token_urlsafe(24)
-        settings = {
-            "SYNC_RETRY_SECONDS": "60",
-            "SYNC_HTTP_TIMEOUT": "20",
-            **env,
-        }
+        settings = {"SYNC_RETRY_SECONDS": "60", "SYNC_HTTP_TIMEOUT": "20", **env}
         if upstream is not None:
-            settings["UPSTREAM_URL"] = f"http://{upstream.node_id}:8000"
+            name = upstream if isinstance(upstream, str) else upstream.node_id
+            settings["UPSTREAM_URL"] = f"http://{name}:8000"
             settings["UPSTREAM_TOKEN"] = token
-        node = self._app(node_id, "client", settings)
+        database = (self.postgres.laptop_database, 0o644)
+        node = self._app(node_id, "client", settings, {"db.sqlite3": database})
         node.token = token
         node.container.with_network(self.field_network).with_network_aliases(node_id)
         node.container.start()
         node.wait_healthy()
-        node.keygen()
-        if upstream is not None:
+        if isinstance(upstream, AppNode):
             self.register(upstream, node)
         return node
 
@@ -364,14 +441,20 @@ class Deployment:
             "--public-key", node.public_key, "--token", node.token, *extra,
         )  # fmt: skip
 
-    def start(self, *laptops: str, **env) -> tuple[AppNode, list[AppNode]]:
-        """Start a community server and laptops side by side; return them."""
-        community = self.community()
-        with ThreadPoolExecutor(max_workers=max(1, len(laptops))) as pool:
-            futures = [
-                pool.submit(self.laptop, name, community, **env) for name in laptops
+    def start(
+        self, *laptops: str, laptop_env: dict | None = None, **community_env
+    ) -> tuple[AppNode, list[AppNode]]:
+        """Start a community server and laptops side by side, registered."""
+        self.field_network  # made once, before the threads that join it
+        with ThreadPoolExecutor(max_workers=1 + len(laptops)) as pool:
+            server = pool.submit(self.community, **community_env)
+            started = [
+                pool.submit(self.laptop, name, **(laptop_env or {})) for name in laptops
             ]
-            nodes = [f.result() for f in futures]
+            community = server.result()
+            nodes = [future.result() for future in started]
+        for node in nodes:
+            self.register(community, node)
         return community, nodes
 
     def all_logs(self) -> str:
@@ -418,6 +501,7 @@ class PostgresServer:
             .with_kwargs(labels=LABEL)
         )
         self._lock = threading.Lock()
+        self.laptop_database = b""
 
     def start(self) -> None:
         self.network.create()
@@ -438,31 +522,43 @@ class PostgresServer:
     def url_in_network(self, database: str) -> str:
         return f"postgres://postgres:{PG_PASSWORD}@{PG_ALIAS}:5432/{database}"
 
-    def make_template(self) -> None:
-        """Migrate the template database once, in a throwaway app container."""
+    def make_templates(self) -> None:
+        """Migrate a server database and a laptop's SQLite file, once per run."""
         with psycopg.connect(self.admin_url(), autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
-        container = (
-            DockerContainer(APP_IMAGE)
-            .with_envs(
-                ROLE="community",
-                NODE_ID="template",
-                DEBUG="1",
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            server = pool.submit(
+                self._migrate,
+                "community",
                 DATABASE_URL=self.url_in_network(TEMPLATE_DB),
             )
+            laptop = pool.submit(self._migrate, "client", NODE_DIR="/tmp/template")
+            server.result()
+            self.laptop_database = laptop.result()
+
+    def _migrate(self, role: str, **env: str) -> bytes:
+        container = (
+            DockerContainer(APP_IMAGE)
+            .with_envs(ROLE=role, NODE_ID="template", DEBUG="1", **env)
             .with_command("python manage.py migrate --noinput -v0")
             .with_network(self.network)
             .with_kwargs(labels=LABEL)
         )
         try:
             container.start()
-            code = container.get_wrapped_container().wait(timeout=180)["StatusCode"]
+            wrapped = container.get_wrapped_container()
+            code = wrapped.wait(timeout=180)["StatusCode"]
             if code != 0:
                 out, err = container.get_logs()
                 raise CommandFailed(
-                    f"migrating the template database exited {code}:\n"
+                    f"migrating a {role} template exited {code}:\n"
                     f"{out.decode()}{err.decode()}"
                 )
+            if role != "client":
+                return b""
+            stream, _ = wrapped.get_archive("/tmp/template/db.sqlite3")
+            with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                return tar.extractfile(tar.getmembers()[0]).read()
         finally:
             container.stop()
 
