@@ -445,7 +445,7 @@ class Deployment:
         self, *laptops: str, laptop_env: dict | None = None, **community_env
     ) -> tuple[AppNode, list[AppNode]]:
         """Start a community server and laptops side by side, registered."""
-        self.field_network  # made once, before the threads that join it
+        assert self.field_network.id  # made once, before the threads join it
         with ThreadPoolExecutor(max_workers=1 + len(laptops)) as pool:
             server = pool.submit(self.community, **community_env)
             started = [
