@@ -197,6 +197,9 @@ SYNC_RECEIPTS_DIR = Path(
 )
 SYNC_BATCH_MAX_ENVELOPES = env.int("SYNC_BATCH_MAX_ENVELOPES", default=50000)
 SYNC_IMPORT_INTERVAL = env.float("SYNC_IMPORT_INTERVAL", default=30.0)
+# `sync import --watch` leaves files changed more recently than this for the
+# next pass: a batch copied in by hand may be incomplete until then.
+SYNC_IMPORT_SETTLE_SECONDS = env.float("SYNC_IMPORT_SETTLE_SECONDS", default=10.0)
 # Touched after each pass of `sync import --watch`, for a health check.
 SYNC_IMPORT_HEARTBEAT_FILE = env.str("SYNC_IMPORT_HEARTBEAT_FILE", default="")
 # SFTP to central: key authentication, and central's host key must be listed

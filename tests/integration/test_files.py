@@ -450,7 +450,7 @@ def test_import_watch_applies_batches_as_they_arrive(site, central, tmp_path):
     inbox.mkdir()
     importer = central.start_manage(
         "sync", "import", str(inbox), "--receipts", str(receipts),
-        "--watch", "--interval", "0.3",
+        "--watch", "--interval", "0.3", SYNC_IMPORT_SETTLE_SECONDS="0.5",
     )  # fmt: skip
     try:
         shutil.copy(site.outbox / second, inbox / second)
@@ -525,6 +525,7 @@ def test_central_sftp_container_takes_batches_from_registered_sites_only(
         "sync", "import", "--watch", "--loops", "1",
         SYNC_INBOX_DIR=str(inbox), SYNC_RECEIPTS_DIR=str(receipts),
         SYNC_QUARANTINE_DIR=str(sftp_container.root / "quarantine"),
+        SYNC_IMPORT_SETTLE_SECONDS="0",
     )  # fmt: skip
     assert central.count(INCOMING) == total
     # The importer service runs as the app image's user; here central ran as
@@ -549,3 +550,56 @@ def test_central_sftp_container_takes_batches_from_registered_sites_only(
     assert refused.returncode != 0, refused.stdout
     assert "Authentication failed" in refused.stderr
     assert "accepting 1 site keys" in sftp_container.logs()
+
+
+def test_envelopes_of_a_producer_central_does_not_know_are_sent_again_later(
+    site, central, tmp_path
+):
+    total, own = site.held(), site.own_through()
+    drive = tmp_path / "usb"
+    drive.mkdir()
+    laptop_key = central.value(
+        "SELECT public_key FROM sync_node WHERE node_id = %s", (LAPTOP,)
+    )
+    central.manage("sync", "node", "revoke", LAPTOP)
+
+    export(site)
+    site.manage("sync", "send", "--folder", str(drive))
+    output = import_inbox(central, drive / "inbox", drive / "receipts").stdout
+    assert f"{total - own} rejected" in output
+    assert central.count(INCOMING) == own  # the site's own still apply
+    assert applied(central) == own
+    problems = central.manage("sync", "problems").stdout
+    assert f"rejected {LAPTOP}#1 from {SITE} [unknown_producer]" in problems
+    site.manage("sync", "fetch-receipts", "--folder", str(drive))
+    assert site.acknowledgements(CENTRAL) == {SITE: own}
+
+    # Once central knows the laptop, the site sends what central lacks.
+    central.manage(
+        "sync", "node", "add", LAPTOP, "--role", "client",
+        "--public-key", laptop_key, "--no-token",
+    )  # fmt: skip
+    (resync,) = set(export(site, "--from-acknowledged"))
+    manifest = json.loads(members_of(site.outbox / resync)["manifest.json"])
+    assert list(manifest["producers"]) == [LAPTOP]
+    site.manage("sync", "send", "--folder", str(drive))
+    import_inbox(central, drive / "inbox", drive / "receipts")
+    assert central.count(INCOMING) == total
+    assert central.study_counts() == site.study_counts()
+    site.manage("sync", "fetch-receipts", "--folder", str(drive))
+    assert site.acknowledgements(CENTRAL) == {
+        SITE: own,
+        LAPTOP: site.held_through(LAPTOP),
+    }
+
+
+def test_a_batch_signed_by_a_node_that_is_not_a_site_is_quarantined(
+    site, central, tmp_path
+):
+    (batch,) = export(site)
+    central.execute("UPDATE sync_node SET role = 'client' WHERE node_id = %s", (SITE,))
+    inbox = tmp_path / "inbox"
+    shutil.copytree(site.outbox, inbox)
+
+    import_inbox(central, inbox)
+    assert quarantined(central) == [(batch, "not_a_site")]

@@ -29,6 +29,7 @@ producer's sequence the site sent, and the last batch of the site it imported.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import io
@@ -163,6 +164,32 @@ class ExportSummary:
         )
 
 
+@contextlib.contextmanager
+def exclusive(name: str) -> Iterator[None]:
+    """Run the block as the only holder of lock ``name`` on this database.
+
+    Two exports at once would write the same batch number; two imports at
+    once would move the same files. On PostgreSQL this is a session advisory
+    lock, released even if the process dies. SQLite nodes are laptops, which
+    neither export nor import batches, so there it is not taken.
+    """
+    connection = db.connection
+    if connection.vendor != "postgresql":
+        yield
+        return
+    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+        if not cursor.fetchone()[0]:
+            log.info("waiting for another %s to finish", name)
+            cursor.execute("SELECT pg_advisory_lock(%s)", [key])
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [key])
+
+
 def export(
     directory: str | Path | None = None,
     from_acknowledged: bool = False,
@@ -175,6 +202,11 @@ def export(
     was lost). The site's own outbox and what it holds of other producers,
     up to each one's contiguous mark, are both exported.
     """
+    with exclusive("sync export"):
+        return _export(directory, from_acknowledged, max_envelopes)
+
+
+def _export(directory, from_acknowledged, max_envelopes) -> ExportSummary:
     started = time.monotonic()
     me = settings.SYNC_NODE_ID
     directory = Path(directory or settings.SYNC_EXPORT_DIR)
@@ -615,24 +647,35 @@ class ImportSummary:
 
 
 def import_directory(
-    directory: str | Path | None = None, receipts_dir: str | Path | None = None
+    directory: str | Path | None = None,
+    receipts_dir: str | Path | None = None,
+    settle: float = 0.0,
 ) -> ImportSummary:
     """Import every batch and receipt file in ``directory``; return a summary.
 
     Each site's batches are imported in chain order and applied; a batch
     whose predecessor is missing waits in the directory. Central writes a
-    receipt for each site whose batches it saw into ``receipts_dir``.
+    receipt for each site whose batches it saw into ``receipts_dir``. Files
+    changed less than ``settle`` seconds ago are left for the next pass: they
+    may still be being copied in.
     """
+    with exclusive("sync import"):
+        return _import_directory(directory, receipts_dir, settle)
+
+
+def _import_directory(directory, receipts_dir, settle: float) -> ImportSummary:
     started = time.monotonic()
-    directory = Path(directory or settings.SYNC_INBOX_DIR)
+    directory = Path(directory or settings.SYNC_INBOX_DIR).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     summary = ImportSummary()
+    recent = time.time() - settle
     files = sorted(
         path
         for path in directory.iterdir()
         if path.is_file()
         and not path.name.startswith(".")
         and path.suffix in (BATCH_SUFFIX, RECEIPT_SUFFIX)
+        and (not settle or path.stat().st_mtime < recent)
     )
     log.info("importing %d files from %s", len(files), directory)
     _forget_vanished(directory)
@@ -676,7 +719,9 @@ def import_forever(
     log.info("watching %s every %.1f s", directory or settings.SYNC_INBOX_DIR, interval)
     for loop in itertools.count(1):
         try:
-            summary = import_directory(directory, receipts_dir)
+            summary = import_directory(
+                directory, receipts_dir, settings.SYNC_IMPORT_SETTLE_SECONDS
+            )
         except Exception:
             log.exception(
                 "import pass %d failed; trying again in %.1f s", loop, interval
@@ -700,6 +745,12 @@ def _site_node(site: str) -> Node:
             "sync node add <site> --role community --relay --public-key ..., then "
             "move the file back into the inbox",
             "unknown_site",
+        )
+    if node.role != Node.Role.COMMUNITY:
+        raise BatchRefused(
+            f"{site} is registered as {node.role}; only community (site) servers "
+            "send batch files",
+            "not_a_site",
         )
     return node
 
