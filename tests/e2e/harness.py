@@ -321,6 +321,22 @@ class AppNode:
         self.wrapped.start()
         self.wait_healthy()
 
+    def held(self, laptop: AppNode) -> int:
+        """Return how far this server holds ``laptop``'s sequence (its API)."""
+        answer = requests.get(
+            f"{self.url}/api/sync/v1/held/",
+            params={"producer": laptop.node_id},
+            headers={"Authorization": f"Node {laptop.node_id}:{laptop.token}"},
+            timeout=5,
+        )
+        answer.raise_for_status()
+        return answer.json()["held_through"]
+
+    def push_lines(self, producer: str) -> list[tuple[int, int]]:
+        """Return (stored, duplicates) of every push from ``producer`` logged."""
+        pattern = rf"push from {re.escape(producer)}: (\d+) stored, (\d+) duplicates"
+        return [(int(a), int(b)) for a, b in re.findall(pattern, self.logs())]
+
     def memory_bytes(self) -> int:
         stats = self.wrapped.stats(stream=False)
         memory = stats.get("memory_stats", {})
@@ -456,6 +472,15 @@ class Deployment:
         for node in nodes:
             self.register(community, node)
         return community, nodes
+
+    def disconnect(self, node: AppNode) -> None:
+        """Cut ``node`` off the field network, as a lost link would."""
+        network = self.docker.networks.get(self.field_network.id)
+        network.disconnect(node.wrapped.id, force=True)
+
+    def reconnect(self, node: AppNode) -> None:
+        network = self.docker.networks.get(self.field_network.id)
+        network.connect(node.wrapped.id, aliases=[node.node_id])
 
     def all_logs(self) -> str:
         parts = []

@@ -1,0 +1,87 @@
+"""Faults in the field: a cut link, a killed server, a laptop that loses power."""
+
+from tests.e2e.harness import wait_for
+from tests.e2e.proof import prove_delivered, prove_outbox_matches_records, snapshot
+
+BACKLOG = "5000"
+CHUNK = "200"
+# A request in flight when the link goes down waits this long for its answer.
+QUICK = {"SYNC_HTTP_TIMEOUT": "8"}
+
+
+def test_network_cut_mid_push_resumes_and_completes(deployment):
+    community, (laptop,) = deployment.start("laptop-01", laptop_env=QUICK)
+    laptop.manage("seed", "--transactions", BACKLOG)
+    total = laptop.counts()["outgoing"]
+
+    push = laptop.start_job("sync", "push", "--chunk-size", CHUNK)
+    wait_for(lambda: community.held(laptop) >= 1000, "the first chunks to arrive")
+    deployment.disconnect(laptop)
+    cut_at = community.held(laptop)
+    assert cut_at < total, "the push ended before the link was cut"
+    wait_for(
+        lambda: "upstream call failed" in push.output(),
+        "the laptop to notice the cut and retry",
+        timeout=60,
+    )
+    assert push.running
+    deployment.reconnect(laptop)
+    out = push.wait(timeout=180)
+
+    assert f"acknowledged through #{total}" in out, out
+    proven = prove_delivered(snapshot(community), [snapshot(laptop)])
+    assert proven["transactions"] == total
+    # Resumed, not started over: each transaction stored once, and at most
+    # the chunk in flight when the link went down was sent again.
+    pushes = community.push_lines(laptop.node_id)
+    assert sum(stored for stored, _ in pushes) == total
+    assert sum(again for _, again in pushes) <= int(CHUNK)
+
+
+def test_server_killed_while_applying_loses_nothing_and_applies_once(deployment):
+    community, (laptop,) = deployment.start("laptop-01", laptop_env=QUICK)
+    laptop.manage("seed", "--transactions", BACKLOG)
+    total = laptop.counts()["outgoing"]
+
+    push = laptop.start_job("sync", "push", "--chunk-size", CHUNK)
+    wait_for(lambda: community.held(laptop) >= 1000, "the first chunks to arrive")
+    community.kill()
+    wait_for(
+        lambda: "upstream call failed" in push.output(),
+        "the laptop to notice the server is gone",
+    )
+    community.restart_after_kill()
+    after_restart = community.counts()
+    out = push.wait(timeout=180)
+    assert f"acknowledged through #{total}" in out, out
+
+    # Chunks stored but not applied when the server died are applied by the
+    # apply worker; run it as the operator (or its timer) would.
+    community.manage("sync", "apply")
+    proven = prove_delivered(snapshot(community), [snapshot(laptop)])
+    assert proven["transactions"] == total, after_restart
+    assert "failed 0" in community.status()
+
+
+def test_laptop_killed_while_writing_keeps_records_and_outbox_together(deployment):
+    community, (laptop,) = deployment.start("laptop-01")
+    seed = laptop.start_job("seed", "--households", "400", "--seed", "7")
+    wait_for(
+        lambda: laptop.counts()["outgoing"] >= 300,
+        "the field day to be under way",
+        timeout=120,
+        interval=0.5,
+    )
+    assert seed.running, "the field day ended before the power cut"
+    laptop.kill()
+    laptop.restart_after_kill()
+
+    # No record without its outgoing transaction, and none the other way.
+    before = snapshot(laptop)
+    kept = prove_outbox_matches_records(before)
+    assert kept["outgoing"] >= 300
+
+    # What survived the cut travels like anything else.
+    out = laptop.manage("sync", "push").stdout
+    assert f"acknowledged through #{kept['outgoing']}" in out, out
+    prove_delivered(snapshot(community), [before])
