@@ -62,7 +62,7 @@ logs:
 register:
 	$(PROVISION) register $(NODE_ID)
 
-demo: images
+demo: install images
 	$(PY) compose/demo.py
 
 smoke: images

@@ -34,7 +34,7 @@ wheels: $(WHEELS_STAMP)
 
 # Rebuilt only when the lock changes; built aside and swapped in so a failed
 # run never leaves a half-filled wheel dir behind.
-$(WHEELS_STAMP): requirements/base.lock
+$(WHEELS_STAMP): requirements/base.lock | install
 	@echo "[images.mk] building wheels into $(WHEELS_DIR)"
 	rm -rf $(WHEELS_DIR).tmp
 	$(VENV)/bin/pip wheel --no-deps -q -r requirements/base.lock -w $(WHEELS_DIR).tmp
