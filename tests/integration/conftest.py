@@ -147,8 +147,9 @@ class Deployment:
         """Register ``(node id, role, flags)`` on ``on``, as an operator would.
 
         ``flags`` is "relay", "no-token" or "". The commands run one after
-        another, since they write the same database.
+        another in one process, since they write the same database.
         """
+        commands = []
         for node_id, role, flags in nodes:
             args = ["sync", "node", "add", node_id, "--role", role]
             args += ["--public-key", self.public_key(node_id)]
@@ -158,7 +159,8 @@ class Deployment:
                 args += ["--token", self.token(node_id)]
             if "relay" in flags:
                 args.append("--relay")
-            on.manage(*args)
+            commands.append(args)
+        on.manage_each(*commands)
 
     def public_key(self, node_id: str) -> str:
         """Return ``node_id``'s public key, making its signing key if needed."""
@@ -180,10 +182,11 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
         deployment = Deployment(cluster, tmp_path_factory.mktemp("deployment"))
         template = deployment.node(COMMUNITY, "community", database="node_template")
         template.manage("migrate", "--no-input", "-v0")
-        template.manage("sync", "keygen", "--data-key")
-        template.manage(
-            "createsuperuser", "--no-input", "--username", USERNAME,
-            "--email", "ra@example.org", DJANGO_SUPERUSER_PASSWORD=PASSWORD,
+        template.manage_each(
+            ["sync", "keygen", "--data-key"],
+            ["createsuperuser", "--no-input", "--username", USERNAME,
+             "--email", "ra@example.org"],
+            DJANGO_SUPERUSER_PASSWORD=PASSWORD,
         )  # fmt: skip
 
         for name in ("laptop_template", "community_template", "middleman_template"):

@@ -114,6 +114,20 @@ class Node:
             )
         return done
 
+    def manage_each(self, *commands: list[str], **env: str) -> str:
+        """Run several management commands in one process; return their output.
+
+        The same commands an operator types, without paying Django's start-up
+        for each: for setting up template databases.
+        """
+        script = (
+            "import json, sys\n"
+            "from django.core.management import call_command\n"
+            f"for args in json.loads({json.dumps(json.dumps(commands))}):\n"
+            "    call_command(*args)\n"
+        )
+        return self.manage("shell", "--no-imports", "-c", script, **env).stdout
+
     def start_manage(self, *args: str, **env: str) -> subprocess.Popen:
         """Start ``manage.py args`` as this node without waiting for it."""
         return subprocess.Popen(
@@ -269,12 +283,14 @@ class Server(Node):
         if self.process is None or self.process.poll() is not None:
             return
         # INT is a quick shutdown: a test has no request worth finishing.
+        started = time.monotonic()
         self.process.send_signal(signal.SIGINT)
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
+        log.info("stopped %s in %.1f s", self.node_id, time.monotonic() - started)
 
     def post(
         self,

@@ -6,13 +6,21 @@ database, and what a user would notice is read from those databases.
 """
 
 import gzip
+import html
 import re
 import signal
 import time
 
 import pytest
+import requests
 
-from tests.integration.conftest import LAPTOP, OTHER_LAPTOP
+from tests.integration.conftest import (
+    COMMUNITY,
+    LAPTOP,
+    OTHER_LAPTOP,
+    PASSWORD,
+    USERNAME,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -281,6 +289,10 @@ def test_revoked_laptop_cannot_push(community, laptop, deployment):
     assert pushed.returncode != 0
     assert "HTTP 403" in pushed.stderr
     assert f"Node {LAPTOP} is revoked" in pushed.stderr
+    assert re.search(
+        rf"WARNING sync\.security: revoked node {LAPTOP} tried to connect",
+        community.log_text(),
+    )
     assert "Traceback" not in pushed.stderr
     assert "revoked" in assert_refused(response, 403, "permission_denied")["detail"]
     assert_nothing_stored(community)
@@ -302,3 +314,78 @@ def test_schema_too_new_is_refused_and_outbox_kept(community, make_laptop):
     assert_nothing_stored(community)
     status = laptop.manage("sync", "status").stdout
     assert f"{len(before)} not yet acknowledged upstream" in status
+
+
+def _cells(page: str) -> dict[str, str]:
+    """Return the status page's headed rows: {"Made here": "266", ...}."""
+    return {
+        html.unescape(head): html.unescape(cell)
+        for head, cell in re.findall(r"<tr><th>([^<]+)</th><td>([^<]*)</td></tr>", page)
+    }
+
+
+def test_status_page_shows_pending_last_push_and_incoming(
+    community, serving_laptop, deployment
+):
+    laptop = serving_laptop
+    total = laptop.count("sync_outgoingtransaction")
+
+    anonymous = requests.get(f"{laptop.url}/sync/", timeout=30, allow_redirects=False)
+    assert anonymous.status_code == 302
+    assert anonymous.headers["Location"].startswith("/admin/login/")
+    assert "Sync status" not in anonymous.text
+
+    session = laptop.login(USERNAME, PASSWORD)
+    before = _cells(session.get(f"{laptop.url}/sync/", timeout=30).text)
+    assert before["Made here"] == str(total)
+    assert before["Not yet acknowledged upstream"] == str(total)
+    assert before["Last successful push"] == "never"
+
+    pushed = laptop.manage("sync", "push")
+    assert summary_of(pushed.stdout)["through"] == total
+
+    after = _cells(session.get(f"{laptop.url}/sync/", timeout=30).text)
+    assert after["Not yet acknowledged upstream"] == "0"
+    assert after["Last successful push"] != "never"
+    status = laptop.manage("sync", "status").stdout
+    assert re.search(r"last successful push \d{4}-\d\d-\d\d \d\d:\d\d", status)
+
+    lab = community.login(USERNAME, PASSWORD)
+    page = lab.get(f"{community.url}/sync/", timeout=30).text
+    assert f"Sync status of {COMMUNITY} (community)" in page
+    incoming = (
+        f"<tr><td>{LAPTOP}</td><td>#{total}</td><td>#{total}</td><td>0</td>"
+        f"<td>{total}</td><td>0</td><td>0</td><td>0</td></tr>"
+    )
+    assert incoming in page
+    assert re.search(
+        rf"{LAPTOP} +held #{total} \(highest #{total}, 0 missing\) "
+        rf"applied {total} parked 0 failed 0 conflicts 0",
+        community.manage("sync", "status").stdout,
+    )
+
+
+def test_openapi_schema_describes_push_held_pull_and_identity(guarded_community):
+    from drf_spectacular.validation import validate_schema
+
+    server, _ = guarded_community
+
+    response = requests.get(
+        f"{server.url}/api/sync/v1/schema/", params={"format": "json"}, timeout=30
+    )
+
+    assert response.status_code == 200, response.text
+    schema = response.json()
+    validate_schema(schema)
+    paths = schema["paths"]
+    assert set(paths) >= {
+        "/api/sync/v1/push/",
+        "/api/sync/v1/held/",
+        "/api/sync/v1/pull/",
+        "/api/sync/v1/identity/",
+    }
+    push = paths["/api/sync/v1/push/"]["post"]
+    assert {"200", "400", "401", "403", "413", "426"} <= set(push["responses"])
+    assert "get" in paths["/api/sync/v1/held/"]
+    assert "post" in paths["/api/sync/v1/pull/"]
+    assert "get" in paths["/api/sync/v1/identity/"]
