@@ -10,6 +10,7 @@ the admin. Every wait polls a health check or a condition with a deadline.
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 import logging
@@ -331,6 +332,24 @@ class AppNode:
         )
         answer.raise_for_status()
         return answer.json()["held_through"]
+
+    def post_push(
+        self, envelopes: list[dict], sender: AppNode, token: str | None = None
+    ) -> requests.Response:
+        """POST envelopes to the push API as ``sender``, as a client would."""
+        body = gzip.compress(
+            json.dumps({"schema_version": 1, "envelopes": envelopes}).encode()
+        )
+        return requests.post(
+            f"{self.url}/api/sync/v1/push/",
+            data=body,
+            headers={
+                "Content-Type": "application/json",
+                "Content-Encoding": "gzip",
+                "Authorization": f"Node {sender.node_id}:{token or sender.token}",
+            },
+            timeout=60,
+        )
 
     def push_lines(self, producer: str) -> list[tuple[int, int]]:
         """Return (stored, duplicates) of every push from ``producer`` logged."""
