@@ -425,3 +425,51 @@ def _valid_label(body: str) -> str:
 
     body = body.rpartition("-")[0] if body.count("-") > 2 else body
     return f"{body}-{check_character(body)}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="sync.status.node_status counts any holder's acknowledgement, a "
+    "middleman's pickup included, as 'acknowledged upstream' and as the last "
+    "successful push; it should count only nodes that are not registered here "
+    "as middlemen",
+)
+def test_pickup_by_the_middleman_is_not_reported_as_a_push(laptop, middleman):
+    total = laptop.count("sync_outgoingtransaction")
+
+    pull(middleman, laptop)
+
+    status = laptop.manage("sync", "status").stdout
+    assert f"{MIDDLEMAN} holds {LAPTOP} through #{total}" in status
+    # The laptop never pushed and the community holds none of it.
+    assert f"{total} not yet acknowledged upstream" in status
+    assert "last successful push" not in status
+
+
+def test_laptop_refuses_a_revoked_middleman(laptop, middleman):
+    laptop.manage("sync", "node", "revoke", MIDDLEMAN)
+
+    pulled = middleman.manage("sync", "pull", laptop.url, check=False)
+
+    assert pulled.returncode != 0
+    assert "HTTP 403" in pulled.stderr
+    assert f"Node {MIDDLEMAN} is revoked" in pulled.stderr
+    assert "Traceback" not in pulled.stderr
+    assert middleman.count("sync_incomingtransaction") == 0
+    assert re.search(
+        rf"WARNING sync\.security: revoked node {MIDDLEMAN} tried to connect",
+        laptop.log_text(),
+    )
+
+
+def test_pull_across_schema_versions_too_far_apart_is_refused(laptop, deployment):
+    middleman = deployment.middleman(SYNC_SCHEMA_VERSION="3")
+
+    pulled = middleman.manage("sync", "pull", laptop.url, check=False)
+
+    assert pulled.returncode != 0
+    assert "HTTP 426" in pulled.stderr
+    assert "talks to versions 0 to 2; the sender runs 3" in pulled.stderr
+    assert "Traceback" not in pulled.stderr
+    assert middleman.count("sync_incomingtransaction") == 0
+    assert laptop.count("sync_acknowledgement") == 0

@@ -5,6 +5,7 @@ the way a research assistant's laptop is. Each has its own PostgreSQL
 database, and what a user would notice is read from those databases.
 """
 
+import base64
 import gzip
 import html
 import re
@@ -389,3 +390,45 @@ def test_openapi_schema_describes_push_held_pull_and_identity(guarded_community)
     assert "get" in paths["/api/sync/v1/held/"]
     assert "post" in paths["/api/sync/v1/pull/"]
     assert "get" in paths["/api/sync/v1/identity/"]
+
+
+def test_tampered_envelope_is_rejected_and_the_real_push_fills_the_gap(
+    community, laptop, deployment
+):
+    envelopes = laptop.wire_envelopes(limit=5)
+    ciphertext = bytearray(base64.b64decode(envelopes[2]["ciphertext"]))
+    ciphertext[0] ^= 0xFF
+    envelopes[2]["ciphertext"] = base64.b64encode(ciphertext).decode()
+    seen = len(community.log_text())
+
+    answer = community.post(
+        {"schema_version": 1, "envelopes": envelopes}, deployment.credential(LAPTOP)
+    )
+
+    assert answer.status_code == 200, answer.text
+    receipt = answer.json()
+    assert [(r["sequence"], r["code"]) for r in receipt["rejected"]] == [
+        (3, "bad_signature")
+    ]
+    assert receipt["acknowledged"] == {LAPTOP: 2}
+    assert community.rows(
+        "SELECT producer, sequence, delivered_by FROM sync_rejectedenvelope"
+    ) == [(LAPTOP, 3, LAPTOP)]
+    assert re.search(
+        rf"WARNING sync\.security: rejected {LAPTOP}#3 delivered by {LAPTOP}",
+        community.log_text()[seen:],
+    )
+    # Nothing after the gap is applied until the real #3 arrives.
+    assert community.rows(
+        "SELECT sequence, status FROM sync_incomingtransaction ORDER BY sequence"
+    ) == [(1, "applied"), (2, "applied"), (4, "received"), (5, "received")]
+
+    pushed = summary_of(laptop.manage("sync", "push").stdout)
+
+    total = laptop.count("sync_outgoingtransaction")
+    assert pushed["sent"] == total - 2
+    assert pushed["through"] == total
+    assert community.rows(
+        "SELECT status, count(*) FROM sync_incomingtransaction GROUP BY status"
+    ) == [("applied", total)]
+    assert table_counts(community) == table_counts(laptop)
