@@ -24,6 +24,13 @@ predecessor has not arrived waits in the inbox; a file that fails any check
 is moved to quarantine with the reason; importing a batch twice changes
 nothing. A receipt is signed JSON from central: how far it holds each
 producer's sequence the site sent, and the last batch of the site it imported.
+
+The site records a receipt as central's acknowledgements, which its push
+answers hand down to the laptops pushing those producers' changes. A laptop
+with nothing new to push learns nothing: its push stops after ``/held/``,
+whose answer carries no acknowledgements. Adding ``known_acknowledgements``
+of the producer to that answer (transport/api.py) and recording them in
+``_push_producer`` (transport/client.py) would close this.
 """
 
 from __future__ import annotations
@@ -677,7 +684,9 @@ def _import_directory(directory, receipts_dir, settle: float) -> ImportSummary:
         and path.suffix in (BATCH_SUFFIX, RECEIPT_SUFFIX)
         and (not settle or path.stat().st_mtime < recent)
     )
-    log.info("importing %d files from %s", len(files), directory)
+    # A watcher polls an empty inbox often: say so only when there is work.
+    level = logging.INFO if files else logging.DEBUG
+    log.log(level, "importing %d files from %s", len(files), directory)
     _forget_vanished(directory)
     found: dict[str, dict[int, BatchFile]] = {}
     for path in files:
@@ -696,7 +705,7 @@ def _import_directory(directory, receipts_dir, settle: float) -> ImportSummary:
     for site in sorted(summary.receipted):
         write_receipt(site, receipts_dir)
     summary.seconds = time.monotonic() - started
-    log.info("import from %s done: %s", directory, summary)
+    log.log(level, "import from %s done: %s", directory, summary)
     return summary
 
 
@@ -719,7 +728,7 @@ def import_forever(
     log.info("watching %s every %.1f s", directory or settings.SYNC_INBOX_DIR, interval)
     for loop in itertools.count(1):
         try:
-            summary = import_directory(
+            import_directory(
                 directory, receipts_dir, settings.SYNC_IMPORT_SETTLE_SECONDS
             )
         except Exception:
@@ -728,8 +737,6 @@ def import_forever(
             )
             db.close_old_connections()
         else:
-            if summary.imported or summary.quarantined or summary.receipts:
-                log.info("background import: %s", summary)
             if heartbeat:
                 Path(heartbeat).touch()
         if loops is not None and loop >= loops:
