@@ -10,6 +10,7 @@ from .models import (
     ImportedBatch,
     IncomingStatus,
     IncomingTransaction,
+    Node,
     OutgoingTransaction,
     ProducerState,
     QuarantinedFile,
@@ -17,9 +18,25 @@ from .models import (
 )
 
 
+def upstream_acknowledgements():
+    """Return what nodes up the line acknowledged of this node's own sequence.
+
+    A middleman that pulled from this laptop has picked the changes up, not
+    delivered them: its word counts as progress, never as a push.
+    """
+    pickers = Node.objects.filter(role=Node.Role.MIDDLEMAN).values_list(
+        "node_id", flat=True
+    )
+    return (
+        Acknowledgement.objects.filter(producer=settings.SYNC_NODE_ID)
+        .exclude(holder=settings.SYNC_NODE_ID)
+        .exclude(holder__in=list(pickers))
+    )
+
+
 def upstream_acknowledged(holder: str | None = None) -> int:
     """Return how far upstream holds this node's own sequence."""
-    acks = Acknowledgement.objects.filter(producer=settings.SYNC_NODE_ID)
+    acks = upstream_acknowledgements()
     if holder:
         acks = acks.filter(holder=holder)
     return max(acks.values_list("through_sequence", flat=True), default=0)
@@ -54,7 +71,7 @@ def node_status() -> dict:
             }
         )
     last_push = (
-        Acknowledgement.objects.filter(producer=settings.SYNC_NODE_ID)
+        upstream_acknowledgements()
         .order_by("-updated")
         .values_list("updated", flat=True)
         .first()
