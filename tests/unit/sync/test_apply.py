@@ -265,3 +265,51 @@ def test_history_arrives_intact_and_applying_writes_none_of_its_own(peer):
         h.history_type
         for h in VitalSigns.history.using("peer").order_by("history_date")
     ] == ["+", "-"]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_apply_workers_apply_each_change_once_and_in_order(remote, settings):
+    import threading
+
+    from django.db import connection
+
+    settings.SYNC_CHUNK_SIZE = 7
+    laptops = [remote("laptop-a"), remote("laptop-b")]
+    homes, envelopes = [], []
+    for laptop in laptops:
+        for n in range(12):
+            home = household(laptop.node_id)
+            envelopes += laptop.save(home)
+            # Later edits must land after the insert, whichever worker runs.
+            for visit in (1, 2):
+                home.comment = f"visit {visit} of {n}"
+                envelopes += laptop.save(home, "update")
+            homes.append(home)
+    receive(envelopes, delivered_by="middleman-1")
+    errors = []
+
+    def work() -> None:
+        try:
+            apply_pending()
+        except Exception as exc:  # reported below, not lost in the thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    workers = [threading.Thread(target=work) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    history = Household.history.model.objects
+    assert errors == []
+    assert set(IncomingTransaction.objects.values_list("status", flat=True)) == {
+        IncomingStatus.APPLIED
+    }
+    assert IncomingTransaction.objects.count() == len(envelopes)
+    for home in homes:
+        assert Household.objects.get(pk=home.pk).comment == home.comment
+        # One insert and two edits: three history rows, none applied twice.
+        assert history.filter(id=home.pk).count() == 3
