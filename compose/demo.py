@@ -109,11 +109,31 @@ def in_parallel(function, items) -> list:
 # -- setting up ---------------------------------------------------------------
 
 
+def project(node: Node) -> str:
+    return f"{PREFIX}-{node.node_id.removeprefix('demo-')}"
+
+
+def remove_project(name: str) -> None:
+    """Remove a Compose project's containers, volumes and own networks.
+
+    By the project's label, not its files: a run from another checkout (or one
+    whose var/ was deleted) must not meet volumes made with other keys.
+    """
+    label = f"label=com.docker.compose.project={name}"
+    for kind, remove in (
+        ("container", ("rm", "-f", "-v")),
+        ("volume", ("volume", "rm", "-f")),
+        ("network", ("network", "rm")),
+    ):
+        listing = ("ps", "-aq") if kind == "container" else (kind, "ls", "-q")
+        ids = run("docker", *listing, "--filter", label).stdout.split()
+        if ids:
+            run("docker", *remove, *ids)
+
+
 def reset_and_start() -> None:
     step("resetting the demo stacks (their containers and volumes only)")
-    for node in NODES:
-        if (DEPLOYMENT / "nodes" / node.node_id / "compose.env").exists():
-            stack(node, "down", "--volumes", "--remove-orphans")
+    in_parallel(remove_project, [project(node) for node in NODES])
     for node in NODES:
         run(
             PROVISION, "node", node.role, node.node_id,
@@ -121,7 +141,7 @@ def reset_and_start() -> None:
                 "HTTPS_PORT": str(node.port),
                 "UPSTREAM": node.upstream,
                 "NETWORK_PREFIX": PREFIX,
-                "PROJECT": f"{PREFIX}-{node.node_id.removeprefix('demo-')}",
+                "PROJECT": project(node),
             },
         )  # fmt: skip
     step(
