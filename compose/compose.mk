@@ -9,13 +9,14 @@
 #   make register NODE_ID=...      register a node on its upstream's running stack
 #                                  (writes its upstream token) and its key above
 #                                  that; a middleman upstream may then pull from it
-#   make demo                      community server + two laptops, with a report
+#   make demo                      a community server, a middleman and three
+#                                  laptops in containers, with a report
 #   make smoke                     every role up, /health/ over https, down
 #
-# NODE_ID defaults to <role>-1; HTTPS_PORT, UPSTREAM, PROJECT and NETWORK_PREFIX
-# pass through to compose/bin/provision (see its header). Node files live in
-# var/deployment/nodes/<NODE_ID>/. A second laptop beside client-1, collected by
-# the middleman:
+# NODE_ID defaults to <role>-1; HTTPS_PORT, UPSTREAM, PROJECT, PROFILES and
+# NETWORK_PREFIX pass through to compose/bin/provision (see its header). Node
+# files live in var/deployment/nodes/<NODE_ID>/. A second laptop beside
+# client-1, collected by the middleman:
 #   make up ROLE=client NODE_ID=client-2 HTTPS_PORT=8444 UPSTREAM=middleman-1
 #   make register NODE_ID=client-2
 
