@@ -86,3 +86,4 @@ bench: install
 
 include infra/images.mk
 include compose/compose.mk
+include ansible/ansible.mk
