@@ -25,7 +25,7 @@ from django.db.models import F, ProtectedError, RestrictedError
 from django.db.models.deletion import Collector
 from django.utils import timezone
 
-from . import envelope, hlc, state
+from . import bulk, envelope, hlc, state
 from .capture import lock_clock, save_versions
 from .errors import EnvelopeInvalid
 from .models import (
@@ -435,16 +435,15 @@ class _Chunk:
                 continue
             synced = site_models.get(label)
             objs = [obj for obj, _ in records.values()]
-            manager = synced.model._base_manager.using(self.using)
-            if synced.append_only:
-                manager.bulk_create(objs, ignore_conflicts=True)
-            else:
-                manager.bulk_create(
-                    objs,
-                    update_conflicts=True,
-                    unique_fields=[synced.model._meta.pk.name],
-                    update_fields=[f.name for f in synced.fields()],
-                )
+            bulk.write(
+                synced.model,
+                objs,
+                self.using,
+                unique_fields=[synced.model._meta.pk.name],
+                update_fields=(
+                    None if synced.append_only else [f.name for f in synced.fields()]
+                ),
+            )
             for obj, m2m in records.values():
                 for name, pks in m2m.items():
                     getattr(obj, name).set(pks)

@@ -19,7 +19,7 @@ from django.db.models.signals import (
 )
 from django.utils import timezone
 
-from . import envelope, hlc, state
+from . import bulk, envelope, hlc, state
 from .models import OutgoingTransaction, ProducerClock, RecordVersion
 from .registry import site_models
 from .serialization import serialize
@@ -126,9 +126,10 @@ def capture_created(model, instances, using: str = "default") -> None:
 
 
 def save_versions(versions: list[RecordVersion], using: str = "default") -> None:
-    RecordVersion.objects.using(using).bulk_create(
+    bulk.write(
+        RecordVersion,
         versions,
-        update_conflicts=True,
+        using,
         unique_fields=["model", "record_id"],
         update_fields=["tx_id", "hlc", "producer", "deleted"],
     )

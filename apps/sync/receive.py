@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from django.db import connections, transaction
 from django.db.models import Max
 
-from . import envelope
+from . import bulk, envelope
 from .errors import EnvelopeInvalid
 from .models import IncomingTransaction, Node, ProducerState, RejectedEnvelope
 
@@ -123,50 +123,23 @@ def advance(producer: str, using: str = "default") -> ProducerState:
 
 
 def _insert(rows: list[IncomingTransaction], using: str) -> None:
-    """Insert ``rows``, skipping any another delivery stored meanwhile.
-
-    On PostgreSQL the rows are copied into a temporary table and inserted
-    from there: ``bulk_create`` builds one statement with a placeholder per
-    value, which psycopg spends most of a push parsing. SQLite runs one short
-    statement many times, which in-process costs little.
-    """
-    if not rows:
-        return
+    """Insert ``rows``, skipping any that another delivery stored meanwhile."""
     connection = connections[using]
-    quote = connection.ops.quote_name
+    if connection.vendor != "postgresql":
+        IncomingTransaction.objects.using(using).bulk_create(
+            rows, ignore_conflicts=True
+        )
+        return
     fields = IncomingTransaction._meta.concrete_fields
-    table = quote(IncomingTransaction._meta.db_table)
-    columns = ", ".join(quote(f.column) for f in fields)
-    with connection.cursor() as cursor:
-        if connection.vendor != "postgresql":
-            marks = ", ".join(["%s"] * len(fields))
-            cursor.executemany(
-                f"INSERT INTO {table} ({columns}) VALUES ({marks}) "
-                "ON CONFLICT DO NOTHING",
-                [
-                    [
-                        f.get_db_prep_save(getattr(r, f.attname), connection)
-                        for f in fields
-                    ]
-                    for r in rows
-                ],
-            )
-            return
-        # Every column is a UUID, text, integer, bytes or time, which psycopg
-        # adapts itself: no per-value round through Django's field machinery.
-        values = [[getattr(r, f.attname) for f in fields] for r in rows]
-        cursor.execute(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS incoming_copy "
-            f"(LIKE {table} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
-        with cursor.cursor.copy(f"COPY incoming_copy ({columns}) FROM STDIN") as copy:
-            for value in values:
-                copy.write_row(value)
-        cursor.execute(
-            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM incoming_copy "
-            "ON CONFLICT DO NOTHING"
-        )
-        cursor.execute("TRUNCATE incoming_copy")
+    # Every column is a UUID, text, integer, bytes or time, which psycopg
+    # adapts itself: no per-value round through Django's field machinery.
+    bulk.copy(
+        connection,
+        IncomingTransaction._meta.db_table,
+        [f.column for f in fields],
+        [[getattr(row, f.attname) for f in fields] for row in rows],
+        "ON CONFLICT DO NOTHING",
+    )
 
 
 def _row(item: envelope.Envelope, delivered_by: str) -> IncomingTransaction:
