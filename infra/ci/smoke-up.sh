@@ -7,9 +7,10 @@
 # For each role: `make up ROLE=...` as node smoke-<role>, then
 # GET https://127.0.0.1:PORT/health/ must name that role and node, and the app
 # container must sit on its tier's networks only and hold no secret in its
-# environment; finally `make down` for each, and the smoke stacks' volumes are
-# removed, with the smoke tier networks. On failure it prints every started stack's logs, takes the stacks
-# down and exits 1.
+# environment. A laptop and a community server each keep a seeded field day
+# through `make down` and `make up`. Finally `make down` for each, and the
+# smoke stacks' volumes and tier networks are removed. On failure it prints
+# every started stack's logs, takes the stacks down and exits 1.
 #
 # The smoke nodes have their own node ids, projects, ports (9443, 9543, 9643,
 # 9743) and networks (collect-offline-smoke-*), so a developer's own `make up`
@@ -91,6 +92,25 @@ for role in "${roles[@]}"; do
         fail "$role: a secret is in the app's environment (use a *_FILE secret)"
     fi
     log "$role: networks $have; secrets only as files"
+done
+
+# Data survives `make down` and `make up`: a laptop's records, on SQLite in
+# its volume, and a server's, in PostgreSQL.
+outgoing() {
+    compose/bin/stack "smoke-$1" exec -T app python manage.py sync status \
+        | sed -n 's/^outgoing \([0-9]*\) made here.*/\1/p'
+}
+for role in client community; do
+    [[ " ${roles[*]} " == *" $role "* ]] || continue
+    compose/bin/stack "smoke-$role" exec -T app python manage.py seed --households 1 \
+        >/dev/null || fail "$role: seed failed"
+    before="$(outgoing "$role")"
+    [ "${before:-0}" -gt 0 ] || fail "$role: seeding made no outgoing records"
+    make_role down "$role" >&2 || fail "make down ROLE=$role"
+    make_role up "$role" >&2 || fail "make up ROLE=$role (again)"
+    after="$(outgoing "$role")"
+    [ "$after" = "$before" ] || fail "$role: $before records before down, $after after up"
+    log "$role: $after records survived make down and make up"
 done
 
 for role in "${roles[@]}"; do
