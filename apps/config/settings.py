@@ -195,6 +195,8 @@ SYNC_QUARANTINE_DIR = Path(
 SYNC_RECEIPTS_DIR = Path(
     env.str("SYNC_RECEIPTS_DIR", default=str(NODE_DIR / "receipts"))
 )
+# Central's SFTP drops, one folder per site: <site>/inbox, <site>/receipts.
+SYNC_SITES_DIR = Path(env.str("SYNC_SITES_DIR", default=str(NODE_DIR / "sites")))
 SYNC_BATCH_MAX_ENVELOPES = env.int("SYNC_BATCH_MAX_ENVELOPES", default=50000)
 SYNC_IMPORT_INTERVAL = env.float("SYNC_IMPORT_INTERVAL", default=30.0)
 # `sync import --watch` leaves files changed more recently than this for the
@@ -206,7 +208,8 @@ SYNC_IMPORT_HEARTBEAT_FILE = env.str("SYNC_IMPORT_HEARTBEAT_FILE", default="")
 # in SYNC_SFTP_KNOWN_HOSTS (an unknown host key is refused).
 SYNC_SFTP_HOST = env.str("SYNC_SFTP_HOST", default="")
 SYNC_SFTP_PORT = env.int("SYNC_SFTP_PORT", default=22)
-SYNC_SFTP_USER = env.str("SYNC_SFTP_USER", default="site")
+# Central's SFTP container has one account per site, named by its node id.
+SYNC_SFTP_USER = env.str("SYNC_SFTP_USER", default=NODE_ID)
 SYNC_SFTP_KEY_FILE = env.str(
     "SYNC_SFTP_KEY_FILE", default=str(NODE_DIR / "keys" / "sftp")
 )

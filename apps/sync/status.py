@@ -105,7 +105,21 @@ def batch_file_status() -> dict:
             status=ImportedBatch.Status.WAITING
         ).count(),
         "quarantined": QuarantinedFile.objects.count(),
+        "sites": _sites(),
     }
+
+
+def _sites() -> list[dict]:
+    """Return, per site that sent batch files, the last imported and those waiting."""
+    sites: dict[str, dict] = {}
+    rows = ImportedBatch.objects.order_by("site", "number")
+    for site, number, status in rows.values_list("site", "number", "status"):
+        row = sites.setdefault(site, {"site": site, "last": 0, "waiting": []})
+        if status == ImportedBatch.Status.IMPORTED:
+            row["last"] = number
+        else:
+            row["waiting"].append(number)
+    return list(sites.values())
 
 
 def problems(limit: int = 200) -> dict:

@@ -45,7 +45,7 @@ log "uploading a damaged batch as the registered site"
 printf 'not a batch' >"$DEPLOYMENT_DIR/site-smoke-000001.batch"
 sftp -q -b - -i "$DEPLOYMENT_DIR/site_key" -P "$port" \
     -o UserKnownHostsFile="$DEPLOYMENT_DIR/known_hosts" -o StrictHostKeyChecking=yes \
-    site@127.0.0.1 <<SFTP
+    site-smoke@127.0.0.1 <<SFTP
 put $DEPLOYMENT_DIR/site-smoke-000001.batch inbox/.site-smoke-000001.batch.part
 rename inbox/.site-smoke-000001.batch.part inbox/site-smoke-000001.batch
 SFTP
@@ -61,7 +61,7 @@ stack exec -T importer ls /srv/quarantine | grep -q 'site-smoke-000001.batch.rea
 log "a key that is not registered is refused"
 ssh-keygen -q -t ed25519 -N "" -f "$DEPLOYMENT_DIR/stranger"
 if echo ls | sftp -q -b - -i "$DEPLOYMENT_DIR/stranger" -P "$port" \
-    -o UserKnownHostsFile="$DEPLOYMENT_DIR/known_hosts" site@127.0.0.1 2>/dev/null; then
+    -o UserKnownHostsFile="$DEPLOYMENT_DIR/known_hosts" site-smoke@127.0.0.1 2>/dev/null; then
     log "a stranger's key was accepted"; exit 1
 fi
 log "ok: upload imported by the importer, damage quarantined, stranger refused"

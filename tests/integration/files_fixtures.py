@@ -310,8 +310,13 @@ SFTP_IMAGE = "collect-offline/sftp:latest"
 
 @dataclass
 class SftpContainer(SshServer):
+    """The container; ``root`` holds one drop per site, as the importer sees it."""
+
     name: str = ""
-    registered: Path = Path()
+    other_key: Path = Path()  # the key of community-2, the other registered site
+
+    def drop(self, site: str = SITE) -> Path:
+        return self.root / site
 
     def logs(self) -> str:
         done = subprocess.run(
@@ -328,7 +333,7 @@ def _docker(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 @pytest.fixture(name="sftp_container")
 def sftp_container_fixture(tmp_path) -> Iterator[SftpContainer]:
-    """Run central's SFTP image with one registered site key, on loopback."""
+    """Run central's SFTP image on loopback, with community-1 and -2 registered."""
     if shutil.which("docker") is None or _docker("info", timeout=30).returncode:
         pytest.skip("needs a running Docker engine")
     if _docker("image", "inspect", SFTP_IMAGE, timeout=30).returncode:
@@ -339,14 +344,16 @@ def sftp_container_fixture(tmp_path) -> Iterator[SftpContainer]:
             pytest.skip(f"cannot build {SFTP_IMAGE}:\n{built.stderr[-2000:]}")
     directory = tmp_path / "sftp"
     (directory / "host-keys").mkdir(parents=True)
-    drop = directory / "drop"
-    for folder in ("inbox", "receipts", "quarantine"):
-        (drop / folder).mkdir(parents=True)
+    drop = directory / "drops"
+    drop.mkdir()
+    (directory / "quarantine").mkdir()
     host_key = directory / "host-keys" / "ssh_host_ed25519_key"
     _keygen(host_key)
-    client_key = directory / "site_key"
+    client_key, other_key = directory / "site_key", directory / "other_key"
     registered = directory / "authorized_keys"
-    registered.write_text(_keygen(client_key) + " community-1\n")
+    registered.write_text(
+        f"{_keygen(client_key)} {SITE}\n{_keygen(other_key)} community-2\n"
+    )
     port = _free_port()
     host_public = host_key.with_suffix(".pub").read_text().split()
     known_hosts = directory / "known_hosts"
@@ -356,9 +363,8 @@ def sftp_container_fixture(tmp_path) -> Iterator[SftpContainer]:
         "run", "-d", "--name", name, "-p", f"127.0.0.1:{port}:22",
         "-v", f"{registered}:/run/secrets/sftp_authorized_keys:ro",
         "-v", f"{directory / 'host-keys'}:/etc/ssh/keys",
-        "-v", f"{drop / 'inbox'}:/srv/sftp/inbox",
-        "-v", f"{drop / 'receipts'}:/srv/sftp/receipts",
-        "-v", f"{drop / 'quarantine'}:/srv/quarantine",
+        "-v", f"{drop}:/srv/sftp",
+        "-v", f"{directory / 'quarantine'}:/srv/quarantine",
         SFTP_IMAGE,
     )  # fmt: skip
     if started.returncode:
@@ -371,7 +377,7 @@ def sftp_container_fixture(tmp_path) -> Iterator[SftpContainer]:
         process=None,
         log=directory / "unused.log",
         name=name,
-        registered=registered,
+        other_key=other_key,
     )
     try:
         _wait_for_container(server)

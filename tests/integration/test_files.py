@@ -326,7 +326,9 @@ def test_a_gap_in_the_chain_waits_until_the_missing_batch_arrives(
     problems = central.manage("sync", "problems").stdout
     assert f"waiting  batch 2 of {SITE}" in problems
     assert f"waiting for batch 1 of {SITE}" in problems
-    assert "waiting 1" in central.manage("sync", "status").stdout
+    status = central.manage("sync", "status").stdout
+    assert "waiting 1" in status
+    assert f"{SITE}: batches imported through #0, waiting #2" in status
     assert not (tmp_path / "receipts").exists()  # nothing imported: no receipt
 
     shutil.copy(site.outbox / first, inbox / first)
@@ -507,37 +509,46 @@ def test_central_receipt_reaches_the_laptop_on_its_next_push(
     assert f"{CENTRAL} holds {LAPTOP} through #{at_central}" in status
 
 
-def test_central_sftp_container_takes_batches_from_registered_sites_only(
+def test_central_sftp_container_gives_each_registered_site_its_own_drop(
     site, central, sftp_container, tmp_path
 ):
     total = site.held()
     batches = export(site, "--max-envelopes", str(math.ceil(total / 2)))
-    drop = sftp_container.settings(SYNC_SFTP_USER="site")
+    drop = sftp_container.settings(SYNC_SFTP_USER=SITE)
 
     sent = site.manage("sync", "send", "--sftp", **drop).stdout
     assert "sent 2 batch files" in sent
-    inbox = sftp_container.root / "inbox"
+    inbox = sftp_container.drop() / "inbox"
     assert sorted(p.name for p in inbox.iterdir()) == batches
     assert {p.stat().st_uid for p in inbox.iterdir()} == {10001}  # the importer's
 
+    # Another registered site cannot deliver the site's batches as its own.
+    other = sftp_container.settings(
+        SYNC_SFTP_USER="community-2", SYNC_SFTP_KEY_FILE=str(sftp_container.other_key)
+    )
+    site.manage("sync", "send", "--sftp", "--resend", **other)
+    assert (
+        sorted(p.name for p in (sftp_container.drop("community-2") / "inbox").iterdir())
+        == batches
+    )
+
     # What the importer service does, on the same folders.
-    receipts = sftp_container.root / "receipts"
     central.manage(
-        "sync", "import", "--watch", "--loops", "1",
-        SYNC_INBOX_DIR=str(inbox), SYNC_RECEIPTS_DIR=str(receipts),
-        SYNC_QUARANTINE_DIR=str(sftp_container.root / "quarantine"),
+        "sync", "import", "--sites", "--watch", "--loops", "1",
+        SYNC_SITES_DIR=str(sftp_container.root),
+        SYNC_QUARANTINE_DIR=str(tmp_path / "quarantine"),
         SYNC_IMPORT_SETTLE_SECONDS="0",
     )  # fmt: skip
     assert central.count(INCOMING) == total
-    # The importer service runs as the app image's user; here central ran as
-    # root, so hand the receipts over as the service would have written them.
-    shutil.chown(receipts / SITE, 10001, 10001)
-    for receipt in (receipts / SITE).iterdir():
-        shutil.chown(receipt, 10001, 10001)
+    assert sorted(quarantined(central)) == [(name, "wrong_drop") for name in batches]
+    assert not list(
+        (sftp_container.drop("community-2") / "receipts").rglob("*.receipt")
+    )
+
     fetched = site.manage("sync", "fetch-receipts", "--sftp", **drop).stdout
     assert "imported 1 receipts" in fetched
     assert site.acknowledgements(CENTRAL)[SITE] == site.own_through()
-    assert not list((receipts / SITE).iterdir())
+    assert not list((sftp_container.drop() / "receipts" / SITE).iterdir())
 
     stranger = tmp_path / "stranger"
     subprocess.run(
@@ -550,7 +561,7 @@ def test_central_sftp_container_takes_batches_from_registered_sites_only(
     )  # fmt: skip
     assert refused.returncode != 0, refused.stdout
     assert "Authentication failed" in refused.stderr
-    assert "accepting 1 site keys" in sftp_container.logs()
+    assert "accepting 2 keys of 2 sites" in sftp_container.logs()
 
 
 def test_envelopes_of_a_producer_central_does_not_know_are_sent_again_later(

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import gzip
 import hashlib
 import io
@@ -652,11 +653,37 @@ class ImportSummary:
             f"in {self.seconds:.1f} s"
         )
 
+    def __iadd__(self, other: ImportSummary) -> ImportSummary:
+        for name, value in vars(other).items():
+            if name == "receipted":
+                self.receipted |= value
+            else:
+                setattr(self, name, getattr(self, name) + value)
+        return self
+
+
+def import_sites(root: str | Path | None = None, settle: float = 0.0) -> ImportSummary:
+    """Import each site's own drop under ``root`` (SYNC_SITES_DIR).
+
+    That is the layout of central's SFTP container: each site logs in to
+    ``<root>/<site>/`` and finds ``inbox/`` and ``receipts/<site>/`` there. A
+    batch in a site's inbox must be signed by that site.
+    """
+    root = Path(root or settings.SYNC_SITES_DIR)
+    summary = ImportSummary()
+    for folder in sorted(root.iterdir()):
+        if folder.is_dir() and (folder / INBOX).is_dir():
+            summary += import_directory(
+                folder / INBOX, folder / RECEIPTS, settle, site=folder.name
+            )
+    return summary
+
 
 def import_directory(
     directory: str | Path | None = None,
     receipts_dir: str | Path | None = None,
     settle: float = 0.0,
+    site: str | None = None,
 ) -> ImportSummary:
     """Import every batch and receipt file in ``directory``; return a summary.
 
@@ -664,13 +691,14 @@ def import_directory(
     whose predecessor is missing waits in the directory. Central writes a
     receipt for each site whose batches it saw into ``receipts_dir``. Files
     changed less than ``settle`` seconds ago are left for the next pass: they
-    may still be being copied in.
+    may still be being copied in. With ``site``, every batch must be that
+    site's: the directory is its own drop.
     """
     with exclusive("sync import"):
-        return _import_directory(directory, receipts_dir, settle)
+        return _import_directory(directory, receipts_dir, settle, site)
 
 
-def _import_directory(directory, receipts_dir, settle: float) -> ImportSummary:
+def _import_directory(directory, receipts_dir, settle, site) -> ImportSummary:
     started = time.monotonic()
     directory = Path(directory or settings.SYNC_INBOX_DIR).absolute()
     directory.mkdir(parents=True, exist_ok=True)
@@ -694,7 +722,7 @@ def _import_directory(directory, receipts_dir, settle: float) -> ImportSummary:
             summary.receipts += _import_receipt_or_quarantine(path)
             continue
         try:
-            batch = read_batch(path, _site_node)
+            batch = read_batch(path, functools.partial(_site_node, drop=site))
             _sort_in(batch, found, summary)
         except BatchRefused as exc:
             quarantine(path, exc)
@@ -714,23 +742,30 @@ def import_forever(
     receipts_dir: str | Path | None = None,
     interval: float | None = None,
     loops: int | None = None,
+    sites: bool = False,
 ) -> None:
     """Import whatever arrives in ``directory``, polling every ``interval`` s.
 
     Polling, not file-system events: inotify misses files written through
     network mounts and USB drives mounted later, which is how batches come.
+    With ``sites``, ``directory`` holds one drop per site (import_sites).
     After each pass the heartbeat file (SYNC_IMPORT_HEARTBEAT_FILE) is
     touched; a pass that fails is logged and tried again, and the heartbeat
     goes stale, which turns the container's health check red.
     """
     interval = settings.SYNC_IMPORT_INTERVAL if interval is None else interval
     heartbeat = settings.SYNC_IMPORT_HEARTBEAT_FILE
-    log.info("watching %s every %.1f s", directory or settings.SYNC_INBOX_DIR, interval)
+    settle = settings.SYNC_IMPORT_SETTLE_SECONDS
+    watched = directory or (
+        settings.SYNC_SITES_DIR if sites else settings.SYNC_INBOX_DIR
+    )
+    log.info("watching %s every %.1f s", watched, interval)
     for loop in itertools.count(1):
         try:
-            import_directory(
-                directory, receipts_dir, settings.SYNC_IMPORT_SETTLE_SECONDS
-            )
+            if sites:
+                import_sites(directory, settle)
+            else:
+                import_directory(directory, receipts_dir, settle)
         except Exception:
             log.exception(
                 "import pass %d failed; trying again in %.1f s", loop, interval
@@ -744,7 +779,14 @@ def import_forever(
         time.sleep(interval)
 
 
-def _site_node(site: str) -> Node:
+def _site_node(site: str, drop: str | None = None) -> Node:
+    if drop is not None and site != drop:
+        security_log.warning("batch of %s found in the drop of %s", site, drop)
+        raise BatchRefused(
+            f"a batch of {site} in the drop of {drop}: a site may deliver only "
+            "its own batches through its drop",
+            "wrong_drop",
+        )
     node = Node.objects.filter(node_id=site, is_active=True).first()
     if node is None:
         raise BatchRefused(

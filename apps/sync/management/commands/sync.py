@@ -175,6 +175,16 @@ class Command(BaseCommand):
             f"imported {files['imported']}, waiting {files['waiting']}, "
             f"quarantined {files['quarantined']}"
         )
+        for row in files["sites"]:
+            waiting = ", ".join(f"#{n}" for n in row["waiting"])
+            write(
+                f"  {row['site']}: batches imported through #{row['last']}"
+                + (
+                    f", waiting {waiting} (a batch before them is missing)"
+                    if waiting
+                    else ""
+                )
+            )
 
     def do_problems(self, **options):
         found = problems()
@@ -273,6 +283,11 @@ class Command(BaseCommand):
     def add_import_arguments(self, parser):
         parser.add_argument("directory", nargs="?", help="default: SYNC_INBOX_DIR")
         parser.add_argument("--receipts", help="write receipts here")
+        parser.add_argument(
+            "--sites",
+            action="store_true",
+            help="the directory (default: SYNC_SITES_DIR) holds one drop per site",
+        )
         parser.add_argument("--watch", action="store_true", help="keep importing")
         parser.add_argument("--interval", type=float, default=None)
         parser.add_argument("--loops", type=int, default=None, help=argparse.SUPPRESS)
@@ -303,10 +318,15 @@ class Command(BaseCommand):
         self.stdout.write(str(export(to, from_acknowledged, max_envelopes)))
 
     def do_import(self, directory=None, receipts=None, watch=False, **options):
-        from sync.transport.files import import_directory, import_forever
+        from sync.transport.files import import_directory, import_forever, import_sites
 
+        sites = options["sites"]
         if watch:
-            import_forever(directory, receipts, options["interval"], options["loops"])
+            import_forever(
+                directory, receipts, options["interval"], options["loops"], sites
+            )
+        elif sites:
+            self.stdout.write(str(import_sites(directory)))
         else:
             self.stdout.write(str(import_directory(directory, receipts)))
 
