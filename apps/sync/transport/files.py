@@ -671,6 +671,9 @@ def import_sites(root: str | Path | None = None, settle: float = 0.0) -> ImportS
     """
     root = Path(root or settings.SYNC_SITES_DIR)
     summary = ImportSummary()
+    if not root.is_dir():
+        log.warning("no site drops to import: %s is not a directory", root)
+        return summary
     for folder in sorted(root.iterdir()):
         if folder.is_dir() and (folder / INBOX).is_dir():
             summary += import_directory(

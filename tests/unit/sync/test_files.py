@@ -9,12 +9,19 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sync import keys
 from sync.envelope import Envelope
-from sync.models import ExportedBatch, ImportedBatch, Node, OutgoingTransaction
+from sync.models import (
+    ExportedBatch,
+    ImportedBatch,
+    Node,
+    OutgoingTransaction,
+    QuarantinedFile,
+)
 from sync.transport.files import (
     BatchFile,
     BatchRefused,
     _fits,
     export,
+    import_sites,
     read_batch,
 )
 
@@ -155,3 +162,27 @@ def test_export_needs_this_nodes_signing_key(tmp_path, settings):
         keys.forget_cached_keys()
     assert not list((tmp_path / "out").glob("*.batch"))
     assert ExportedBatch.objects.count() == 0
+
+
+def test_a_sites_drop_takes_only_that_sites_batches(tmp_path, settings):
+    settings.SYNC_QUARANTINE_DIR = tmp_path / "quarantine"
+    Node.objects.create(
+        node_id=settings.SYNC_NODE_ID,
+        role=Node.Role.COMMUNITY,
+        public_key=keys.public_key_text(),
+        can_relay=True,
+    )
+    household_tree()
+    (name,) = export(tmp_path / "drops" / "other-site" / "inbox").batches
+
+    summary = import_sites(tmp_path / "drops")
+
+    assert (summary.imported, summary.quarantined) == (0, 1)
+    assert list(QuarantinedFile.objects.values_list("file_name", "code")) == [
+        (name, "wrong_drop")
+    ]
+    assert (tmp_path / "quarantine" / f"{name}.reason").exists()
+
+
+def test_no_site_drops_yet_is_not_an_error(tmp_path):
+    assert import_sites(tmp_path / "missing").imported == 0
