@@ -4,7 +4,9 @@
 # upload lands in the importer's inbox, and a damaged batch is quarantined
 # with its reason in `sync status`. Everything is removed afterwards.
 #
-#   infra/sftp/smoke.sh        (as root; needs the app and sftp images)
+#   infra/sftp/smoke.sh        (as root; needs the sftp image and an app
+#                               image of this checkout: APP_IMAGE, default
+#                               collect-offline/app:latest from `make images`)
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
