@@ -177,7 +177,8 @@ def push_offline(node: Node) -> None:
     if result.returncode == 0:
         raise DemoFailed(f"{node.node_id} pushed although it was out of coverage")
     last = (result.stderr.strip().splitlines() or ["?"])[-1]
-    step(f"{node.node_id}: push failed out of coverage, as it should: {last}")
+    reason = last.removeprefix("CommandError: ").split(" (", 1)[0]
+    step(f"{node.node_id}: push failed out of coverage, as it should: {reason}")
 
 
 def pull(middleman: Node, laptop: Node) -> None:
