@@ -18,7 +18,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 help:
 	@echo "make demo              the field-to-server flow in containers, with a report"
-	@echo "make test              the whole suite: lint, migrations, unit, integration, e2e"
+	@echo "make test              the whole suite: lint, unit, integration, e2e, smoke, Ansible"
 	@echo "make test-fast         everything that needs no Docker"
 	@echo "make run ROLE=client   one node natively (SQLite unless DATABASE_URL is set)"
 	@echo "make seed              a realistic field day on the node of ROLE/NODE_ID"
@@ -63,7 +63,8 @@ test-fast: lint
 test-e2e: install images
 	$(PYTEST) tests/e2e
 
-test: test-fast test-e2e
+# Containers last: each tier's stack starts (smoke), then provisioning by Ansible.
+test: test-fast test-e2e smoke test-ansible
 
 run: install
 	@test -n "$(PORT)" || { echo "ROLE must be client, middleman, community or central"; exit 2; }
