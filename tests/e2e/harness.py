@@ -138,6 +138,14 @@ def wait_for(
         time.sleep(interval)
 
 
+def entered(seed: Result) -> int:
+    """Return how many transactions ``manage.py seed --transactions`` made."""
+    found = re.search(r"entered (\d+) transactions", seed.stdout)
+    if not found:
+        raise CommandFailed(f"seed said nothing of transactions: {seed.stdout!r}")
+    return int(found.group(1))
+
+
 def make_data_keys() -> tuple[str, dict[str, bytes]]:
     """Return a deployment data key as files: ``{name: content}``."""
     key_id = secrets.token_hex(4)
@@ -356,12 +364,36 @@ class AppNode:
         pattern = rf"push from {re.escape(producer)}: (\d+) stored, (\d+) duplicates"
         return [(int(a), int(b)) for a, b in re.findall(pattern, self.logs())]
 
-    def memory_bytes(self) -> int:
-        stats = self.wrapped.stats(stream=False)
-        memory = stats.get("memory_stats", {})
-        usage = memory.get("usage", 0)
-        cache = memory.get("stats", {}).get("inactive_file", 0)
-        return usage - cache
+    def watch_memory(self) -> MemoryWatch:
+        """Start sampling the container's memory (docker stats), about 1/s."""
+        watch = MemoryWatch(self.wrapped)
+        watch.start()
+        return watch
+
+
+class MemoryWatch(threading.Thread):
+    """Samples of a container's memory use, without the page cache, in bytes."""
+
+    def __init__(self, container):
+        super().__init__(daemon=True)
+        self.container = container
+        self.samples: list[tuple[float, int]] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        for stats in self.container.stats(stream=True, decode=True):
+            memory = stats.get("memory_stats", {})
+            detail = memory.get("stats", {})
+            cache = detail.get("inactive_file", detail.get("total_inactive_file", 0))
+            if memory.get("usage"):
+                self.samples.append((time.monotonic(), memory["usage"] - cache))
+            if self.halt.is_set():
+                return
+
+    def stop(self) -> list[int]:
+        self.halt.set()
+        self.join(timeout=10)
+        return [value for _, value in self.samples]
 
 
 @dataclass

@@ -10,7 +10,7 @@
   transaction, with equal field values;
 * every history row written on the producer is on the receiver, equal.
 
-Snapshots come from ``probe.py snapshot`` (digests of canonical values).
+Snapshots come from ``probe.py snapshot`` (canonical values, or their digests).
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ class Snapshot:
         return self.data["rejected"]
 
 
-def snapshot(node) -> Snapshot:
-    return Snapshot(node.node_id, node.snapshot())
+def snapshot(node, full: bool = True) -> Snapshot:
+    """Return what ``node`` holds; field values in full, or digests (cheaper)."""
+    return Snapshot(node.node_id, node.snapshot(full=full))
 
 
 def prove_delivered(

@@ -1,6 +1,6 @@
 """Faults in the field: a cut link, a killed server, a laptop that loses power."""
 
-from tests.e2e.harness import wait_for
+from tests.e2e.harness import entered, wait_for
 from tests.e2e.proof import prove_delivered, prove_outbox_matches_records, snapshot
 
 BACKLOG = "5000"
@@ -11,8 +11,8 @@ QUICK = {"SYNC_HTTP_TIMEOUT": "8"}
 
 def test_network_cut_mid_push_resumes_and_completes(deployment):
     community, (laptop,) = deployment.start("laptop-01", laptop_env=QUICK)
-    laptop.manage("seed", "--transactions", BACKLOG)
-    total = laptop.counts()["outgoing"]
+    seed = laptop.manage("seed", "--transactions", BACKLOG)
+    total = entered(seed)
 
     push = laptop.start_job("sync", "push", "--chunk-size", CHUNK)
     wait_for(lambda: community.held(laptop) >= 1000, "the first chunks to arrive")
@@ -40,8 +40,8 @@ def test_network_cut_mid_push_resumes_and_completes(deployment):
 
 def test_server_killed_while_applying_loses_nothing_and_applies_once(deployment):
     community, (laptop,) = deployment.start("laptop-01", laptop_env=QUICK)
-    laptop.manage("seed", "--transactions", BACKLOG)
-    total = laptop.counts()["outgoing"]
+    seed = laptop.manage("seed", "--transactions", BACKLOG)
+    total = entered(seed)
 
     push = laptop.start_job("sync", "push", "--chunk-size", CHUNK)
     wait_for(lambda: community.held(laptop) >= 1000, "the first chunks to arrive")
