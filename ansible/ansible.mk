@@ -38,7 +38,7 @@ provision-check: install
 		--limit $(TIER) --check --diff $(ANSIBLE_ARGS)
 
 ansible-lint: install
-	cd ansible && $(abspath $(VENV))/bin/ansible-lint
+	cd ansible && PATH=$(abspath $(VENV))/bin:$$PATH ansible-lint
 
 test-ansible: ansible-lint images
 	$(VENV)/bin/pytest tests/ansible

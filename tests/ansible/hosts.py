@@ -4,7 +4,9 @@ Each host is a container of ``collect-offline/ansible-host:test`` (built from
 tests/ansible/host/Dockerfile on the air-gapped Debian image), reached by
 Ansible through ``community.docker.docker``. It runs a Docker engine of its
 own on the vfs storage driver; ``--privileged`` does not work on these
-machines, so the host gets exactly the capabilities an inner engine needs.
+machines, so the host gets the capabilities an inner engine needs: SYS_ADMIN
+and NET_ADMIN to start containers, SYS_PTRACE for ``docker exec`` and health
+checks (without it runc fails "error executing setns process").
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ REPO = Path(__file__).resolve().parents[2]
 HOST_IMAGE = "collect-offline/ansible-host:test"
 HOST_DOCKERFILE_DIR = REPO / "tests" / "ansible" / "host"
 BASE_IMAGE = "collect-offline/debian:bookworm"
+CA_FILE = "/opt/collect-offline/node/ca.crt"
 ENGINE_FLAGS = (
     "--cap-add", "SYS_ADMIN",
     "--cap-add", "NET_ADMIN",
+    "--cap-add", "SYS_PTRACE",
     "--security-opt", "seccomp=unconfined",
     "--security-opt", "apparmor=unconfined",
     "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
@@ -55,9 +59,8 @@ def run(*args: str, check: bool = True, timeout: float = 600) -> str:
 
 def build_host_image() -> None:
     """Build the stand-in host image unless it exists (docker caches the rest)."""
-    if subprocess.run(
-        ["docker", "image", "inspect", HOST_IMAGE], capture_output=True
-    ).returncode == 0:
+    inspect = ["docker", "image", "inspect", HOST_IMAGE]
+    if subprocess.run(inspect, capture_output=True).returncode == 0:
         return
     run("docker", "image", "inspect", BASE_IMAGE)
     log.info("building %s", HOST_IMAGE)
@@ -95,18 +98,19 @@ class Host:
     def health(self, port: int) -> dict:
         """GET /health/ on the host's loopback, verified with the deployment CA."""
         script = (
-            "import json, ssl, urllib.request as u; "
-            "c = ssl.create_default_context(cafile='/opt/collect-offline/node/ca.crt'); "
-            f"r = u.urlopen('https://127.0.0.1:{port}/health/', context=c, timeout=10); "
+            "import ssl, urllib.request as u; "
+            f"c = ssl.create_default_context(cafile='{CA_FILE}'); "
+            f"r = u.urlopen('https://127.0.0.1:{port}/health/', context=c, timeout=9); "
             "print(r.read().decode())"
         )
-        return json.loads(run("docker", "exec", self.container, "python3", "-c", script))
+        answer = run("docker", "exec", self.container, "python3", "-c", script)
+        return json.loads(answer)
 
     def logs(self) -> str:
         """The inner engine's containers and their last log lines."""
         return self.sh(
             "docker ps -a; for c in $(docker ps -aq); do "
-            "echo \"=== $c\"; docker logs --tail 60 $c 2>&1; done; "
+            'echo "=== $c"; docker logs --tail 60 $c 2>&1; done; '
             "echo '=== dockerd'; tail -n 40 /var/log/dockerd.log",
             check=False,
         )
@@ -121,6 +125,7 @@ class Deployment:
         self.hosts = hosts
         self.workdir = workdir
         self.inventory = workdir / "hosts.yml"
+        self.runs = 0
         for host in hosts:
             host.container = f"co-ansible-{self.run_id}-{host.name}"
 
@@ -144,7 +149,10 @@ class Deployment:
     def write_inventory(self) -> None:
         groups: dict[str, dict] = {}
         for host in self.hosts:
-            variables = {"ansible_host": host.container, "collect_address": host.address}
+            variables = {
+                "ansible_host": host.container,
+                "collect_address": host.address,
+            }
             if host.upstream:
                 variables["collect_upstream"] = host.upstream
             groups.setdefault(host.group, {"hosts": {}})["hosts"][host.name] = variables
@@ -168,17 +176,21 @@ class Deployment:
             "ANSIBLE_CONFIG": str(REPO / "ansible" / "ansible.cfg"),
             "ANSIBLE_FORCE_COLOR": "0",
             "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks",
         }
         result = subprocess.run(
-            [str(REPO / ".venv" / "bin" / "ansible-playbook"), "-i", str(self.inventory),
-             str(REPO / "ansible" / "site.yml"), *extra],
+            [str(REPO / ".venv" / "bin" / "ansible-playbook"),
+             "-i", str(self.inventory), str(REPO / "ansible" / "site.yml"), *extra],
             capture_output=True, text=True, env=env, cwd=REPO, timeout=1500,
             stdin=subprocess.DEVNULL,
         )  # fmt: skip
         output = result.stdout + result.stderr
-        (self.workdir / f"playbook-{len(list(self.workdir.glob('playbook-*')))}.log").write_text(output)
+        self.runs += 1
+        (self.workdir / f"playbook-{self.runs}.log").write_text(output)
         if result.returncode != 0:
-            raise AssertionError(f"ansible-playbook {' '.join(extra)} failed:\n{output[-8000:]}")
+            raise AssertionError(
+                f"ansible-playbook {' '.join(extra)} failed:\n{output[-8000:]}"
+            )
         recap = {
             m["host"]: {k: int(v) for k, v in m.groupdict().items() if k != "host"}
             for m in RECAP.finditer(output)

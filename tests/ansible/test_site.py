@@ -61,10 +61,10 @@ def test_provisioned_laptop_pushes_to_provisioned_server(deployment):
     pushed = laptop.manage("sync", "push")
     status = community.manage("sync", "status")
 
-    assert "pushed" in pushed.lower() or "push" in pushed.lower(), pushed
+    sent = int(re.search(r"sent (\d+)", pushed)[1])
+    assert sent > 0 and f"applied {sent}," in pushed and "failed 0" in pushed, pushed
     row = next(r for r in status.splitlines() if r.strip().startswith("laptop-t1"))
-    applied = int(re.search(r"applied (\d+)", row)[1])
-    assert applied > 0, status
+    assert f"applied {sent} " in row, status
     assert "failed 0" in row and "parked 0" in row, row
 
 
@@ -74,7 +74,8 @@ def test_community_server_dumps_its_database(deployment):
     dump = community.sh("/usr/local/sbin/collect-offline-backup").strip()
 
     assert community.sh(f"head -c 5 {dump}") == "PGDMP"
-    assert "collect-offline-backup" in community.sh("cat /etc/cron.d/collect-offline-backup")
+    cron = community.sh("cat /etc/cron.d/collect-offline-backup")
+    assert "/usr/local/sbin/collect-offline-backup" in cron
 
 
 def test_second_run_changes_nothing(deployment):
