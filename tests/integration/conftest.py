@@ -18,7 +18,9 @@ one signing key per node.
 from __future__ import annotations
 
 import itertools
+import logging
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +30,8 @@ import pytest
 
 from tests.integration.nodes import Node, Server
 from tests.pgcluster import Cluster, start_cluster
+
+log = logging.getLogger(__name__)
 
 COMMUNITY = "community-1"
 LAPTOP = "laptop-01"
@@ -51,12 +55,39 @@ class Deployment:
         self.data_keys = directory / "data-keys"
         self.tokens: dict[str, str] = {}
         self._numbers = itertools.count(1)
+        # Databases made for the running test, dropped in the background once
+        # it ends: deleting files is slow on this disk, so it overlaps the
+        # next test instead of piling up when the cluster stops.
+        self._made: list[str] | None = None
+        self._dropper = ThreadPoolExecutor(1)
 
     def create_database(self, name: str, template: str) -> str:
         """Create database ``name`` as a copy of ``template``; return its URL."""
         with psycopg.connect(self.cluster.url("postgres"), autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+        if self._made is not None:
+            self._made.append(name)
         return self.cluster.url(name)
+
+    def begin_test(self) -> None:
+        self._made = []
+
+    def end_test(self) -> None:
+        """Drop the databases the test made, once its servers are stopped."""
+        made, self._made = self._made or [], None
+        if made:
+            self._dropper.submit(self._drop, made)
+
+    def _drop(self, names: list[str]) -> None:
+        with psycopg.connect(self.cluster.url("postgres"), autocommit=True) as admin:
+            for name in names:
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def close(self) -> None:
+        self._dropper.shutdown(wait=True, cancel_futures=True)
+        started = time.monotonic()
+        self.cluster.stop()
+        log.info("stopped the cluster in %.1f s", time.monotonic() - started)
 
     def node(
         self,
@@ -178,8 +209,8 @@ def _run_together(jobs: list[Callable[[], object]]) -> None:
 def deployment(tmp_path_factory) -> Iterator[Deployment]:
     """Start the cluster; make the node, community, laptop and middleman templates."""
     cluster = start_cluster(["node_template"])
+    deployment = Deployment(cluster, tmp_path_factory.mktemp("deployment"))
     try:
-        deployment = Deployment(cluster, tmp_path_factory.mktemp("deployment"))
         template = deployment.node(COMMUNITY, "community", database="node_template")
         template.manage("migrate", "--no-input", "-v0")
         template.manage_each(
@@ -235,12 +266,17 @@ def deployment(tmp_path_factory) -> Iterator[Deployment]:
         )
         yield deployment
     finally:
-        cluster.stop()
+        deployment.close()
 
 
 @pytest.fixture
 def start_community(deployment) -> Iterator[Callable[..., Server]]:
-    """Return a starter of community servers (settings as keywords); stop them after."""
+    """Return a starter of community servers (settings as keywords); stop them after.
+
+    Every test with a community server starts here: the databases it makes
+    are dropped when it ends, after the fixtures that use this one.
+    """
+    deployment.begin_test()
     started = []
 
     def start(**settings: str) -> Server:
@@ -251,6 +287,7 @@ def start_community(deployment) -> Iterator[Callable[..., Server]]:
     yield start
     for server in started:
         deployment.stop(server)
+    deployment.end_test()
 
 
 @pytest.fixture
