@@ -4,7 +4,8 @@
 #   make wheels       build/wheels from requirements/base.lock (host pip; the image
 #                     installs only from these, so its build needs no network)
 #   make base-images  air-gapped bases: collect-offline/{debian:bookworm,python:3.11-slim,postgres:15}
-#   make images       all of the above + the app image $(APP_IMAGE)
+#   make images       all of the above + the app image $(APP_IMAGE) and central's
+#                     SFTP drop $(SFTP_IMAGE) (infra/sftp)
 #
 # AIRGAP=1 (default here: no container registry is reachable) builds on the local
 # collect-offline/python:3.11-slim; AIRGAP=0 uses upstream python:3.11-slim-bookworm.
@@ -14,18 +15,21 @@ VENV ?= .venv
 PY ?= $(VENV)/bin/python
 AIRGAP ?= 1
 APP_IMAGE ?= collect-offline/app:latest
+SFTP_IMAGE ?= collect-offline/sftp:latest
 WHEELS_DIR ?= build/wheels
 WHEELS_STAMP := build/.wheels.stamp
 
 ifeq ($(AIRGAP),1)
 PYTHON_IMAGE ?= collect-offline/python:3.11-slim
+DEBIAN_IMAGE ?= collect-offline/debian:bookworm
 IMAGES_BASE := base-images
 else
 PYTHON_IMAGE ?= python:3.11-slim-bookworm
+DEBIAN_IMAGE ?= debian:bookworm
 IMAGES_BASE :=
 endif
 
-.PHONY: engine wheels base-images images app-image
+.PHONY: engine wheels base-images images app-image sftp-image
 
 engine:
 	bash infra/docker/ensure-engine.sh
@@ -48,4 +52,9 @@ app-image: engine wheels $(IMAGES_BASE)
 	@echo "[images.mk] docker build $(APP_IMAGE) on $(PYTHON_IMAGE)"
 	docker build -f infra/Dockerfile --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(APP_IMAGE) .
 
-images: engine wheels $(IMAGES_BASE) app-image
+# OpenSSH from Debian's packages; the docker cache makes a rerun a no-op.
+sftp-image: engine $(IMAGES_BASE)
+	@echo "[images.mk] docker build $(SFTP_IMAGE) on $(DEBIAN_IMAGE)"
+	docker build --build-arg BASE_IMAGE=$(DEBIAN_IMAGE) -t $(SFTP_IMAGE) infra/sftp
+
+images: engine wheels $(IMAGES_BASE) app-image sftp-image

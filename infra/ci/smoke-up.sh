@@ -12,8 +12,10 @@
 # smoke stacks' volumes and tier networks are removed. On failure it prints
 # every started stack's logs, takes the stacks down and exits 1.
 #
+# Central runs with its SFTP drop and importer, which `make up` waits for too.
+#
 # The smoke nodes have their own node ids, projects, ports (9443, 9543, 9643,
-# 9743) and networks (collect-offline-smoke-*), so a developer's own `make up`
+# 9743, SFTP 9722) and networks (collect-offline-smoke-*), so a developer's own `make up`
 # stacks and the demo are left alone.
 set -euo pipefail
 
@@ -41,7 +43,7 @@ make_role() {
     local action="$1" role="$2"
     make --no-print-directory "$action" ROLE="$role" NODE_ID="smoke-$role" \
         HTTPS_PORT="${PORT[$role]}" UPSTREAM= PROJECT="$PREFIX-$role" \
-        NETWORK_PREFIX="$PREFIX"
+        NETWORK_PREFIX="$PREFIX" SFTP_PUBLISH=127.0.0.1:9722
 }
 
 down_all() {

@@ -7,7 +7,8 @@
 #     ssh-ed25519 AAAA... root@site-server community-1
 # Each site gets an account named after it, chrooted to /srv/sftp/<site>
 # with inbox/ and receipts/<site>/, and accepts only its listed keys (with
-# `restrict`). Revoking a site is removing its lines and restarting; its
+# `restrict`). The register may be empty: then no site can log in. Adding or
+# revoking a site is changing its lines and restarting; a revoked site's
 # folder stays for the importer. The host key is made on first start in
 # /etc/ssh/keys (a volume) and its fingerprint logged: sites put the key in
 # their known-hosts file.
@@ -17,7 +18,11 @@ log() { echo "[sftp] $*" >&2; }
 
 register="${SFTP_AUTHORIZED_KEYS_FILE:-/run/secrets/sftp_authorized_keys}"
 root=/srv/sftp
-[ -s "$register" ] || { log "no site keys in $register: refusing to start"; exit 1; }
+# A central with no site registered yet runs and accepts no logins;
+# `compose/bin/provision register <site>` adds a key and restarts this service.
+if [ ! -s "$register" ]; then
+    log "no site keys in $register yet: no site can log in until one is registered"
+fi
 
 if [ ! -s /etc/ssh/keys/ssh_host_ed25519_key ]; then
     ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/keys/ssh_host_ed25519_key
@@ -54,7 +59,7 @@ while read -r type key rest; do
     chown 10001:10001 "$root/$site/inbox" "$root/$site/receipts/$site"
     chmod 0770 "$root/$site/inbox" "$root/$site/receipts/$site"
     echo "restrict $type $key $site" >>"/etc/ssh/authorized_keys/$site"
-done <"$register"
+done < <(cat "$register" 2>/dev/null || true)
 chmod 0644 /etc/ssh/authorized_keys/* 2>/dev/null || true
 log "accepting $(cat /etc/ssh/authorized_keys/* 2>/dev/null | wc -l) keys of" \
     "$(ls /etc/ssh/authorized_keys | wc -l) sites"
