@@ -178,7 +178,7 @@ class PushView(NodeAPIView):
         data = request.data
         if not isinstance(data, dict):
             raise exceptions.ParseError("The body must be a JSON object.")
-        check_schema_version(data.get("schema_version"))
+        check_schema_version(data.get("schema_version"), node.node_id)
         raw = data.get("envelopes")
         if not isinstance(raw, list):
             raise exceptions.ParseError("'envelopes' must be a list.")
@@ -339,7 +339,7 @@ class PullView(NodeAPIView):
         data = request.data
         if not isinstance(data, dict):
             raise exceptions.ParseError("The body must be a JSON object.")
-        check_schema_version(data.get("schema_version"))
+        check_schema_version(data.get("schema_version"), node.node_id)
         after, limit = data.get("after"), data.get("limit", settings.SYNC_CHUNK_SIZE)
         for name, value in (("after", after), ("limit", limit)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -393,7 +393,7 @@ def _acknowledgements(raw) -> list[dict]:
     return raw
 
 
-def check_schema_version(version) -> None:
+def check_schema_version(version, caller: str = "the caller") -> None:
     """Refuse a node whose data schema is too far from this one's."""
     mine = settings.SYNC_SCHEMA_VERSION
     span = settings.SYNC_SCHEMA_SPAN
@@ -402,7 +402,7 @@ def check_schema_version(version) -> None:
     if abs(version - mine) > span:
         raise SchemaMismatch(
             f"This server runs schema version {mine} and talks to versions "
-            f"{mine - span} to {mine + span}; the sender runs {version}. Update "
+            f"{mine - span} to {mine + span}; {caller} runs {version}. Update "
             "the older node; its data stays safe in its outbox until then."
         )
 
