@@ -1,18 +1,22 @@
 """Run a field day in containers and account for every record it produced.
 
-A community server, a middleman and three field laptops run as Compose stacks
-of their own (projects ``collect-offline-demo-*``, ports 8451-8453, 8551 and
-8651, networks ``collect-offline-demo-*``), so the demo never touches the
-stacks of ``make up`` or ``make smoke``. Laptops 1 and 2 push to the community
-server over HTTPS; laptop 2 is out of coverage for part of the day. Laptop 3
-never reaches a server: the middleman pulls from it and pushes on.
+Central, a community server, a middleman and three field laptops run as
+Compose stacks of their own (projects ``collect-offline-demo-*``, ports
+8451-8453, 8551, 8651, 8751 and SFTP 8722, networks ``collect-offline-demo-*``),
+so the demo never touches the stacks of ``make up`` or ``make smoke``. Laptops
+1 and 2 push to the community server over HTTPS; laptop 2 is out of coverage
+for part of the day. Laptop 3 never reaches a server: the middleman pulls from
+it and pushes on. At the end of the day the community server exports what it
+holds as batch files, sends them over SFTP to central's drop, central's
+importer applies them, and the community server fetches central's receipt.
 
 Each run starts from empty volumes. The nodes are driven only through their
 real interfaces: management commands run by compose/bin/stack (``docker
 compose``), ``docker network`` for coverage, and HTTPS for the status pages.
 
 Run it with ``make demo`` or ``.venv/bin/python compose/demo.py``. It exits 1
-when any record made on a laptop is not accounted for on the server.
+when any record made on a laptop is not accounted for on the community
+server or on central, or central's receipt does not acknowledge it.
 """
 
 import os
@@ -53,14 +57,20 @@ class Node:
         return f"https://{self.node_id}:8000"
 
 
-COMMUNITY = Node("demo-community-1", "community", 8651)
+CENTRAL = Node("demo-central-1", "central", 8751)
+COMMUNITY = Node("demo-community-1", "community", 8651, CENTRAL.node_id)
 MIDDLEMAN = Node("demo-middleman-1", "middleman", 8551, COMMUNITY.node_id)
 LAPTOP_1 = Node("demo-laptop-1", "client", 8451, COMMUNITY.node_id)
 LAPTOP_2 = Node("demo-laptop-2", "client", 8452, COMMUNITY.node_id)
 LAPTOP_3 = Node("demo-laptop-3", "client", 8453, MIDDLEMAN.node_id)
-NODES = (COMMUNITY, MIDDLEMAN, LAPTOP_1, LAPTOP_2, LAPTOP_3)
+NODES = (CENTRAL, COMMUNITY, MIDDLEMAN, LAPTOP_1, LAPTOP_2, LAPTOP_3)
 LAPTOPS = (LAPTOP_1, LAPTOP_2, LAPTOP_3)
 BY_ID = {node.node_id: node for node in NODES}
+SFTP_PUBLISH = "127.0.0.1:8722"
+# Central's importer looks at the drops every 2 s, and takes a file 1 s after
+# it last changed (SFTP uploads are renamed into place, so none is half there).
+CENTRAL_ENV = {"SYNC_IMPORT_INTERVAL": "2", "SYNC_IMPORT_SETTLE_SECONDS": "1"}
+IMPORT_TIMEOUT = 120
 
 
 class DemoFailed(Exception):
@@ -89,7 +99,8 @@ def run(*args: str, env: dict | None = None, check: bool = True):
 
 
 def stack(node: Node, *args: str, check: bool = True) -> str:
-    return run(STACK, node.node_id, *args, check=check).stdout
+    env = CENTRAL_ENV if node is CENTRAL else None
+    return run(STACK, node.node_id, *args, env=env, check=check).stdout
 
 
 def manage(node: Node, *args: str, env: dict | None = None, check: bool = True):
@@ -142,19 +153,21 @@ def reset_and_start() -> None:
                 "UPSTREAM": node.upstream,
                 "NETWORK_PREFIX": PREFIX,
                 "PROJECT": project(node),
+                "SFTP_PUBLISH": SFTP_PUBLISH,
             },
         )  # fmt: skip
     step(
-        "starting a community server, a middleman and three laptops; "
-        "waiting until every container is healthy"
+        "starting central (with its SFTP drop and importer), a community server, "
+        "a middleman and three laptops; waiting until every container is healthy"
     )
     in_parallel(lambda node: stack(node, "up", "-d", "--wait"), NODES)
     # Upstream first: a node is registered along its way to the top.
-    for node in (MIDDLEMAN, *LAPTOPS):
+    for node in (COMMUNITY, MIDDLEMAN, *LAPTOPS):
         run(PROVISION, "register", node.node_id)
     step(
-        "registered: laptops 1 and 2 and the middleman on the community server, "
-        "the middleman on laptop 3"
+        "registered: the community server on central (and its SSH key on the "
+        "SFTP drop), laptops 1 and 2 and the middleman on the community server, "
+        "the middleman on laptop 3, every laptop's key on central"
     )
 
 
@@ -219,6 +232,69 @@ def field_day() -> None:
     pull(MIDDLEMAN, LAPTOP_3)
 
 
+# -- to central by batch file ----------------------------------------------------
+
+EXPORTED = re.compile(r"^batch files: exported through #(\d+)")
+
+
+def site_batches(text: str, site: str) -> int:
+    """Return the last batch of ``site`` that ``sync status`` says is imported."""
+    match = re.search(
+        rf"^\s+{re.escape(site)}: batches imported through #(\d+)", text, re.M
+    )
+    return int(match.group(1)) if match else 0
+
+
+def to_central() -> None:
+    """Export, send over SFTP, wait for central's importer, fetch the receipt."""
+    step(f"{COMMUNITY.node_id} exports what it holds as batch files")
+    result = manage(COMMUNITY, "sync", "export")
+    step(f"{COMMUNITY.node_id}: {result.stdout.strip()}")
+    text = manage(COMMUNITY, "sync", "status").stdout
+    match = next(filter(None, map(EXPORTED.match, text.splitlines())), None)
+    if match is None:
+        raise DemoFailed(f"{COMMUNITY.node_id}: no batch files line:\n{text}")
+    last = int(match.group(1))
+
+    result = manage(COMMUNITY, "sync", "send", "--sftp")
+    sent = result.stdout.strip()
+    step(f"{COMMUNITY.node_id}: over SFTP to {CENTRAL.node_id}-sftp: {sent}")
+
+    step(f"waiting for {CENTRAL.node_id}'s importer to apply batch #{last}")
+    deadline = time.monotonic() + IMPORT_TIMEOUT
+    while (imported := site_batches(status_text(CENTRAL), COMMUNITY.node_id)) < last:
+        if time.monotonic() > deadline:
+            problems = manage(CENTRAL, "sync", "problems").stdout.strip()
+            raise DemoFailed(
+                f"{CENTRAL.node_id} imported {COMMUNITY.node_id}'s batches only "
+                f"through #{imported} of #{last} after {IMPORT_TIMEOUT} s; its "
+                f"problems:\n{problems}\nsee: compose/bin/stack "
+                f"{CENTRAL.node_id} logs importer"
+            )
+        time.sleep(1)
+    step(f"{CENTRAL.node_id} imported {COMMUNITY.node_id}'s batches through #{last}")
+
+    result = manage(COMMUNITY, "sync", "fetch-receipts", "--sftp")
+    step(f"{COMMUNITY.node_id}: receipts: {result.stdout.strip()}")
+
+
+def learn_from_central() -> str:
+    """Push one more household from laptop 1; say what it learned of central."""
+    before = status(LAPTOP_1).produced
+    manage(LAPTOP_1, "seed", "--households", "1", "--seed", "103")
+    push(LAPTOP_1)
+    through = status(LAPTOP_1).acknowledged.get((CENTRAL.node_id, LAPTOP_1.node_id))
+    if through is not None and through >= before:
+        return (
+            f"{LAPTOP_1.node_id} learned on its next push that {CENTRAL.node_id} "
+            f"holds its records through #{through} (of {before} before that push)."
+        )
+    return (
+        f"{LAPTOP_1.node_id}'s next push did not tell it that {CENTRAL.node_id} "
+        f"holds its records (it knows: {'#' + str(through) if through else 'nothing'})."
+    )
+
+
 # -- accounting -------------------------------------------------------------------
 
 OUTGOING = re.compile(r"^outgoing (\d+) made here, (\d+) not yet acknowledged")
@@ -239,8 +315,12 @@ class Status:
     producers: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
+def status_text(node: Node) -> str:
+    return manage(node, "sync", "status").stdout
+
+
 def status(node: Node) -> Status:
-    text = manage(node, "sync", "status").stdout
+    text = status_text(node)
     result, seen = Status(), False
     for line in text.splitlines():
         if match := OUTGOING.match(line):
@@ -267,18 +347,44 @@ def status(node: Node) -> Status:
 def account() -> bool:
     """Print where every record went; return True if all are accounted for."""
     statuses = dict(zip(NODES, in_parallel(status, NODES), strict=True))
-    server = statuses[COMMUNITY]
+    complete = account_at(COMMUNITY, statuses)
+    relay = statuses[MIDDLEMAN].producers.get(LAPTOP_3.node_id, {})
+    print(
+        f"  {MIDDLEMAN.node_id} holds {relay.get('held', 0)} of "
+        f"{LAPTOP_3.node_id}'s {statuses[LAPTOP_3].produced} and relayed them on."
+    )
+    complete &= account_at(CENTRAL, statuses)
+    print(
+        "  produced: transactions in the laptop's outbox; acked: those its "
+        "upstream acknowledged\n  (at central: those central's receipt "
+        f"acknowledged to {COMMUNITY.node_id});\n  delivered: held on the "
+        "server, once each, applied, parked (waiting for a record),\n  lost a "
+        "conflict (kept for review), failed, or waiting to be applied;\n  "
+        "missing: produced, not held."
+    )
+    return complete
+
+
+def account_at(server: Node, statuses: dict[Node, Status]) -> bool:
+    """Print the laptops' records as ``server`` holds them; True if all are."""
+    held_here = dict(statuses[server].producers)
     columns = ("produced", "acked", "delivered", "applied", "parked")
     columns += ("conflicts", "failed", "waiting", "missing")
-    print(f"\nRecords per laptop, as {COMMUNITY.node_id} holds them:")
+    print(f"\nRecords per laptop, as {server.node_id} holds them:")
     print(f"  {'laptop':10} {'route':10}" + "".join(f"{c:>10}" for c in columns))
     complete = True
     for laptop in LAPTOPS:
         mine = statuses[laptop]
-        row = server.producers.pop(laptop.node_id, {})
+        row = held_here.pop(laptop.node_id, {})
         held = row.get("held", 0)
         missing = mine.produced - held
-        acked = mine.produced - mine.pending
+        if server is CENTRAL:
+            # What central's receipt told the community server it holds.
+            receipt = statuses[COMMUNITY].acknowledged
+            acked = receipt.get((CENTRAL.node_id, laptop.node_id), 0)
+            complete &= acked == mine.produced
+        else:
+            acked = mine.produced - mine.pending
         complete &= missing == 0 and row.get("contiguous", 0) == held
         route = "direct" if laptop.upstream == COMMUNITY.node_id else "middleman"
         cells = (mine.produced, acked, held) + tuple(
@@ -288,28 +394,17 @@ def account() -> bool:
         cells += (missing,)
         name = laptop.node_id.removeprefix("demo-")
         print(f"  {name:10} {route:10}" + "".join(f"{c:>10}" for c in cells))
-    for producer in server.producers:
-        print(f"  unexpected producer on {COMMUNITY.node_id}: {producer}")
+    for producer in held_here:
+        print(f"  unexpected producer on {server.node_id}: {producer}")
         complete = False
-
-    relay = statuses[MIDDLEMAN].producers.get(LAPTOP_3.node_id, {})
-    print(
-        f"  {MIDDLEMAN.node_id} holds {relay.get('held', 0)} of "
-        f"{LAPTOP_3.node_id}'s {statuses[LAPTOP_3].produced} and relayed them on."
-    )
-    print(
-        "  produced: transactions in the laptop's outbox; acked: those its "
-        "upstream acknowledged;\n  delivered: held on the server, each applied, "
-        "parked (waiting for a record), lost a\n  conflict (kept for review), "
-        "failed, or waiting to be applied; missing: produced, not held."
-    )
     return complete
 
 
 def show_problems() -> None:
-    text = manage(COMMUNITY, "sync", "problems").stdout.strip()
-    if text != "no problems":
-        print(f"\nNeeds attention on {COMMUNITY.node_id}:\n{text}")
+    for node in (COMMUNITY, CENTRAL):
+        text = manage(node, "sync", "problems").stdout.strip()
+        if text != "no problems":
+            print(f"\nNeeds attention on {node.node_id}:\n{text}")
 
 
 # -- status pages -------------------------------------------------------------------
@@ -363,8 +458,11 @@ def main() -> int:
     try:
         reset_and_start()
         field_day()
+        to_central()
         complete = account()
         show_problems()
+        step("does a laptop learn that central holds its records?")
+        learned = learn_from_central()
         step("status pages: logging in to each over HTTPS, verified with the CA")
         passwords = in_parallel(open_status_page, NODES)
     except (DemoFailed, requests.RequestException) as exc:
@@ -377,6 +475,7 @@ def main() -> int:
     )
     for node, password in zip(NODES, passwords, strict=True):
         print(f"  {node.node_id:18} {node.url}/sync/   admin / {password}")
+    print(f"\n{learned}")
     print(
         "Stop a node with: compose/bin/stack NODE_ID down  "
         f"(e.g. {COMMUNITY.node_id}); `make demo` again starts afresh."
