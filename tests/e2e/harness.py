@@ -459,11 +459,15 @@ class Deployment:
 
     def community(self, node_id: str = "community-1", **env) -> AppNode:
         """Start a community server on a fresh database; return it, healthy."""
+        return self.server(node_id, "community", **env)
+
+    def server(self, node_id: str, role: str, **env) -> AppNode:
+        """Start a node of ``role`` on a fresh PostgreSQL database, healthy."""
         database = self.postgres.create_database(f"{self.name}_{node_id}")
         self.databases.append(database)
         node = self._app(
             node_id,
-            "community",
+            role,
             {
                 "DATABASE_URL": self.postgres.url_in_network(database),
                 "SECRET_KEY": secrets.token_urlsafe(40),
@@ -501,11 +505,18 @@ class Deployment:
             self.register(upstream, node)
         return node
 
-    def register(self, server: AppNode, node: AppNode, *extra: str) -> None:
-        """Register ``node`` on ``server`` with its token, as an operator would."""
+    def register(
+        self, server: AppNode, node: AppNode, *extra: str, token: str | None = None
+    ) -> None:
+        """Register ``node`` on ``server`` with a token, as an operator would.
+
+        ``--no-token`` in ``extra`` registers only its key (a producer whose
+        envelopes arrive through a relay).
+        """
+        credential = [] if "--no-token" in extra else [f"--token={token or node.token}"]
         server.manage(
             "sync", "node", "add", node.node_id, "--role", node.role,
-            "--public-key", node.public_key, "--token", node.token, *extra,
+            "--public-key", node.public_key, *credential, *extra,
         )  # fmt: skip
 
     def start(
