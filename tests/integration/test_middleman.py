@@ -9,6 +9,7 @@ the pages each node serves.
 
 import datetime
 import html
+import json
 import re
 import signal
 import threading
@@ -107,6 +108,15 @@ def assert_applied_once(community, laptop) -> None:
 @pytest.fixture
 def laptop(serving_laptop):
     return serving_laptop
+
+
+@pytest.fixture(scope="module")
+def guarded_laptop(deployment):
+    """Return laptop-01 serving the pull API, shared by the tests of refusals;
+    they must leave it as they found it."""
+    server = deployment.serve(deployment.laptop(kind=Server))
+    yield server
+    deployment.stop(server)
 
 
 def test_relayed_field_day_arrives_and_the_laptop_sees_how_far_each_change_got(
@@ -339,8 +349,9 @@ def test_middleman_not_registered_as_relay_is_refused_by_community(
     ],
 )
 def test_laptop_hands_its_data_only_to_registered_middlemen(
-    laptop, deployment, who, status
+    guarded_laptop, deployment, who, status
 ):
+    laptop = guarded_laptop
     credential = deployment.credential(who) if who in deployment.tokens else who
     body = {"schema_version": 1, "after": 0, "limit": 10, "acknowledgements": []}
 
@@ -489,3 +500,61 @@ def test_pull_across_schema_versions_too_far_apart_is_refused(laptop, deployment
     assert "Traceback" not in pulled.stderr
     assert middleman.count("sync_incomingtransaction") == 0
     assert laptop.count("sync_acknowledgement") == 0
+
+
+PULL = {"schema_version": 1, "after": 0, "limit": 10, "acknowledgements": []}
+MALFORMED_PULLS = {
+    "invalid-json": b'{"schema_version": 1, "aft',
+    "not-an-object": [PULL],
+    "no-schema-version": {**PULL, "schema_version": None},
+    "after-negative": {**PULL, "after": -1},
+    "after-as-string": {**PULL, "after": "0"},
+    "limit-as-bool": {**PULL, "limit": True},
+    "acknowledgements-not-a-list": {**PULL, "after": 5, "acknowledgements": "x"},
+    "acknowledgement-without-holder": {
+        **PULL,
+        "after": 5,
+        "acknowledgements": [{"producer": LAPTOP, "through": 5}],
+    },
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_PULLS)
+def test_malformed_pull_is_refused_and_records_nothing(
+    guarded_laptop, deployment, case
+):
+    laptop = guarded_laptop
+    body = MALFORMED_PULLS[case]
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+
+    response = laptop.api(
+        "POST",
+        "pull/",
+        deployment.credential(MIDDLEMAN),
+        data=data,
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 400, response.text
+    assert response.json()["code"] and response.json()["detail"]
+    assert laptop.count("sync_acknowledgement") == 0
+
+
+def test_middleman_cannot_vouch_for_itself_or_the_laptop(laptop, deployment):
+    body = {
+        **PULL,
+        "after": 3,
+        "acknowledgements": [
+            {"holder": MIDDLEMAN, "producer": LAPTOP, "through": 999},
+            {"holder": LAPTOP, "producer": LAPTOP, "through": 999},
+            {"holder": COMMUNITY, "producer": LAPTOP, "through": 2},
+        ],
+    }
+
+    response = laptop.api("POST", "pull/", deployment.credential(MIDDLEMAN), json=body)
+
+    assert response.status_code == 200, response.text
+    assert [e["sequence"] for e in response.json()["envelopes"]] == list(range(4, 14))
+    assert laptop.rows(
+        "SELECT holder, through_sequence FROM sync_acknowledgement ORDER BY holder"
+    ) == [(COMMUNITY, 2), (MIDDLEMAN, 3)]

@@ -344,10 +344,13 @@ class PullView(NodeAPIView):
         for name, value in (("after", after), ("limit", limit)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise exceptions.ParseError(f"'{name}' must be a whole number.")
+        hearsay = _acknowledgements(data.get("acknowledgements", []))
         me = settings.SYNC_NODE_ID
+        # Checked before anything is recorded: a malformed body changes nothing.
         record_acknowledgement(node.node_id, me, after)
-        for ack in _acknowledgements(data.get("acknowledgements", [])):
-            if ack["producer"] == me:
+        for ack in hearsay:
+            # What the caller holds is ``after``; its word on others is hearsay.
+            if ack["producer"] == me and ack["holder"] not in (me, node.node_id):
                 record_acknowledgement(ack["holder"], me, ack["through"])
         limit = min(limit, settings.SYNC_MAX_CHUNK)
         rows = list(
@@ -386,6 +389,7 @@ def _acknowledgements(raw) -> list[dict]:
             and isinstance(item.get("holder"), str)
             and isinstance(item.get("producer"), str)
             and isinstance(item.get("through"), int)
+            and not isinstance(item.get("through"), bool)
         ):
             raise exceptions.ParseError(
                 "each acknowledgement needs 'holder', 'producer' and 'through'."
