@@ -8,13 +8,14 @@
 #   make logs ROLE=...             follow the stack's logs
 #   make register NODE_ID=...      register a node on its upstream's running stack
 #                                  (writes its upstream token) and its key above
-#                                  that; a middleman upstream may then pull from it
-#   make demo                      a community server, a middleman and three
-#                                  laptops in containers, with a report
+#                                  that; a middleman upstream may then pull from it;
+#                                  a community server also gets SFTP to central
+#   make demo                      central, a community server, a middleman and
+#                                  three laptops in containers, with a report
 #   make smoke                     every role up, /health/ over https, down
 #
-# NODE_ID defaults to <role>-1; HTTPS_PORT, UPSTREAM, PROJECT, PROFILES and
-# NETWORK_PREFIX pass through to compose/bin/provision (see its header). Node
+# NODE_ID defaults to <role>-1; HTTPS_PORT, UPSTREAM, PROJECT, PROFILES,
+# SFTP_PUBLISH and NETWORK_PREFIX pass through to compose/bin/provision (see its header). Node
 # files live in var/deployment/nodes/<NODE_ID>/. A second laptop beside
 # client-1, collected by the middleman:
 #   make up ROLE=client NODE_ID=client-2 HTTPS_PORT=8444 UPSTREAM=middleman-1

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# smoke.sh — bring up a throwaway central stack with the `files` profile and
-# check the SFTP drop and the importer work together: a site key logs in, an
+# smoke.sh — bring up a throwaway central stack (which always runs its SFTP
+# drop and importer) and check they work together: a site key logs in, an
 # upload lands in the importer's inbox, and a damaged batch is quarantined
 # with its reason in `sync status`. Everything is removed afterwards.
 #
@@ -14,7 +14,7 @@ export DEPLOYMENT_DIR="$(mktemp -d /tmp/sftp-smoke.XXXXXX)"
 # provision leaves the CA to make-ca.sh, whose default is the real deployment.
 export CA_DIR="$DEPLOYMENT_DIR/ca"
 export NETWORK_PREFIX="sftp-smoke-$$" PROJECT="sftp-smoke-$$" HTTPS_PORT=18743
-export COMPOSE_PROFILES=files SYNC_IMPORT_INTERVAL=2
+export SYNC_IMPORT_INTERVAL=2
 port=$((20000 + $$ % 10000))
 export SFTP_PUBLISH="127.0.0.1:$port"
 node=central-smoke
@@ -38,7 +38,7 @@ node_dir="$DEPLOYMENT_DIR/nodes/$node"
 ssh-keygen -q -t ed25519 -N "" -f "$DEPLOYMENT_DIR/site_key"
 echo "$(cat "$DEPLOYMENT_DIR/site_key.pub") site-smoke" >"$node_dir/sftp-authorized-keys"
 
-log "starting central with the files profile"
+log "starting central with its SFTP drop and importer"
 stack up -d --wait --wait-timeout 180 >/dev/null
 host_key="$(stack exec -T sftp cat /etc/ssh/keys/ssh_host_ed25519_key.pub | cut -d' ' -f1,2)"
 echo "[127.0.0.1]:$port $host_key" >"$DEPLOYMENT_DIR/known_hosts"
