@@ -235,6 +235,7 @@ def field_day() -> None:
 # -- to central by batch file ----------------------------------------------------
 
 EXPORTED = re.compile(r"^batch files: exported through #(\d+)")
+QUARANTINED = re.compile(r"^batch files: .* quarantined (\d+)$", re.M)
 
 
 def site_batches(text: str, site: str) -> int:
@@ -250,7 +251,7 @@ def to_central() -> None:
     step(f"{COMMUNITY.node_id} exports what it holds as batch files")
     result = manage(COMMUNITY, "sync", "export")
     step(f"{COMMUNITY.node_id}: {result.stdout.strip()}")
-    text = manage(COMMUNITY, "sync", "status").stdout
+    text = status_text(COMMUNITY)
     match = next(filter(None, map(EXPORTED.match, text.splitlines())), None)
     if match is None:
         raise DemoFailed(f"{COMMUNITY.node_id}: no batch files line:\n{text}")
@@ -261,14 +262,21 @@ def to_central() -> None:
     step(f"{COMMUNITY.node_id}: over SFTP to {CENTRAL.node_id}-sftp: {sent}")
 
     step(f"waiting for {CENTRAL.node_id}'s importer to apply batch #{last}")
-    deadline = time.monotonic() + IMPORT_TIMEOUT
-    while (imported := site_batches(status_text(CENTRAL), COMMUNITY.node_id)) < last:
-        if time.monotonic() > deadline:
+    waited = time.monotonic()
+    while True:
+        text = status_text(CENTRAL)
+        imported = site_batches(text, COMMUNITY.node_id)
+        if imported >= last:
+            break
+        quarantined = QUARANTINED.search(text)
+        timed_out = time.monotonic() - waited > IMPORT_TIMEOUT
+        if timed_out or (quarantined and quarantined[1] != "0"):
             problems = manage(CENTRAL, "sync", "problems").stdout.strip()
             raise DemoFailed(
                 f"{CENTRAL.node_id} imported {COMMUNITY.node_id}'s batches only "
-                f"through #{imported} of #{last} after {IMPORT_TIMEOUT} s; its "
-                f"problems:\n{problems}\nsee: compose/bin/stack "
+                f"through #{imported} of #{last} in "
+                f"{time.monotonic() - waited:.0f} s (at most {IMPORT_TIMEOUT}); "
+                f"its problems:\n{problems}\nsee: compose/bin/stack "
                 f"{CENTRAL.node_id} logs importer"
             )
         time.sleep(1)
