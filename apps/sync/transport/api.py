@@ -245,6 +245,9 @@ class HeldView(NodeAPIView):
                 "producer": serializers.CharField(),
                 "held_through": serializers.IntegerField(),
                 "schema_version": serializers.IntegerField(),
+                "acknowledgements": serializers.ListField(
+                    child=serializers.DictField()
+                ),
             },
         )
     )
@@ -269,6 +272,9 @@ class HeldView(NodeAPIView):
                 "producer": producer,
                 "held_through": state.contiguous if state else 0,
                 "schema_version": settings.SYNC_SCHEMA_VERSION,
+                # So a caller with nothing new still learns who further up
+                # holds its changes (central's receipts, for instance).
+                "acknowledgements": known_acknowledgements([producer]),
             }
         )
 

@@ -161,6 +161,7 @@ def _push_producer(upstream, producer, source, size, progress, summary) -> None:
     held = upstream.call("GET", "/held/", params={"producer": producer})
     holder, through = held["node"], held["held_through"]
     record_acknowledgement(holder, producer, through, exact=True)
+    _record_hearsay(held.get("acknowledgements", []), producer)
     pending = source.filter(sequence__gt=through).order_by("sequence")
     total = pending.count()
     if producer == me:
@@ -179,8 +180,7 @@ def _push_producer(upstream, producer, source, size, progress, summary) -> None:
             answer = _send(upstream, chunk)
             acknowledged = answer["acknowledged"].get(producer, through)
             record_acknowledgement(answer["node"], producer, acknowledged, exact=True)
-            for ack in answer.get("acknowledgements", []):
-                record_acknowledgement(ack["holder"], ack["producer"], ack["through"])
+            _record_hearsay(answer.get("acknowledgements", []), producer)
             summary.sent += len(chunk)
             for key in ("applied", "parked", "conflicts", "failed"):
                 setattr(summary, key, getattr(summary, key) + answer["applied"][key])
@@ -197,6 +197,13 @@ def _push_producer(upstream, producer, source, size, progress, summary) -> None:
             through = acknowledged
             if producer == me:
                 summary.acknowledged_through = through
+
+
+def _record_hearsay(acknowledgements: list[dict], producer: str) -> None:
+    """Record what upstream says nodes further up hold of ``producer``."""
+    for ack in acknowledgements:
+        if ack["producer"] == producer and ack["holder"] != settings.SYNC_NODE_ID:
+            record_acknowledgement(ack["holder"], ack["producer"], ack["through"])
 
 
 def push_forever(interval: float, chunk_size: int | None = None) -> None:
