@@ -58,9 +58,10 @@ lint: install
 # One engine contract, run against SQLite and against PostgreSQL.
 test-fast: lint
 	TEST_DB=sqlite $(PYTEST) tests/unit
-	TEST_DB=postgres $(PYTEST) tests/unit tests/integration
+	TEST_DB=postgres $(PYTEST) tests/unit tests/integration -m "not docker"
 
 test-e2e: install images
+	TEST_DB=postgres $(PYTEST) tests/integration -m docker
 	$(PYTEST) tests/e2e
 
 # Containers last: each tier's stack starts (smoke), then provisioning by Ansible.

@@ -240,7 +240,7 @@ def sshd_fixture(tmp_path_factory) -> Iterator[SshServer]:
     ``receipts``; the test runs as root, so the SFTP user is root here.
     """
     if not os.path.exists(SSHD) or os.geteuid() != 0:
-        pytest.skip("needs root and openssh-server (apt-get install openssh-server)")
+        pytest.fail("needs root and openssh-server (apt-get install openssh-server)")
     # sshd refuses a chroot any of whose parents is writable by others, which
     # pytest's temporary folders under /tmp are: use a root-only folder.
     directory = Path(tmp_path_factory.mktemp("sshd"))
@@ -335,13 +335,13 @@ def _docker(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def sftp_container_fixture(tmp_path) -> Iterator[SftpContainer]:
     """Run central's SFTP image on loopback, with community-1 and -2 registered."""
     if shutil.which("docker") is None or _docker("info", timeout=30).returncode:
-        pytest.skip("needs a running Docker engine")
+        pytest.fail("needs a running Docker engine (make engine)")
     if _docker("image", "inspect", SFTP_IMAGE, timeout=30).returncode:
         built = _docker(
             "build", "-t", SFTP_IMAGE, str(Path(__file__).parents[2] / "infra/sftp")
         )
         if built.returncode:
-            pytest.skip(f"cannot build {SFTP_IMAGE}:\n{built.stderr[-2000:]}")
+            pytest.fail(f"cannot build {SFTP_IMAGE}:\n{built.stderr[-2000:]}")
     directory = tmp_path / "sftp"
     (directory / "host-keys").mkdir(parents=True)
     drop = directory / "drops"

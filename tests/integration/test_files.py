@@ -509,6 +509,7 @@ def test_central_receipt_reaches_the_laptop_on_its_next_push(
     assert f"{CENTRAL} holds {LAPTOP} through #{at_central}" in status
 
 
+@pytest.mark.docker
 def test_central_sftp_container_gives_each_registered_site_its_own_drop(
     site, central, sftp_container, tmp_path
 ):
@@ -619,11 +620,6 @@ def test_a_batch_signed_by_a_node_that_is_not_a_site_is_quarantined(
     assert quarantined(central) == [(batch, "not_a_site")]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a push with nothing new stops after /held/, whose answer carries no "
-    "acknowledgements; see the note in apps/sync/transport/files.py",
-)
 def test_a_laptop_with_nothing_new_still_learns_what_central_holds(
     file_templates, central, tmp_path
 ):
