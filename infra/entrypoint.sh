@@ -9,7 +9,8 @@
 # config.settings); SYNC_KEYS_DIR (mounted keys dir: defaults
 # SYNC_SIGNING_KEY_FILE=$SYNC_KEYS_DIR/signing.pem and
 # SYNC_DATA_KEYS_DIR=$SYNC_KEYS_DIR/data-keys unless those are set);
-# GUNICORN_WORKERS (2); MIGRATE=0 skips migrate; DB_WAIT_SECS (60).
+# GUNICORN_WORKERS (2); MIGRATE=0 skips migrate; DB_WAIT_SECS (60);
+# APPLY_WORKER=0 runs no apply worker beside gunicorn (servers run one).
 # GUNICORN_CMD_ARGS is honoured by gunicorn itself.
 set -euo pipefail
 
@@ -62,6 +63,13 @@ PY
 if [ "${MIGRATE:-1}" != 0 ]; then
     log "python manage.py migrate --noinput"
     python manage.py migrate --noinput
+fi
+
+# Servers receive: an apply worker takes up whatever a delivery stored but did
+# not apply (a restart after a crash, a failed apply), whoever sends next.
+if [ "${ROLE:-}" != client ] && [ "${APPLY_WORKER:-1}" != 0 ]; then
+    log "starting the apply worker (python manage.py sync apply --watch)"
+    python manage.py sync apply --watch &
 fi
 
 log "starting gunicorn (${GUNICORN_WORKERS:-2} workers)"

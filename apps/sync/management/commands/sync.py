@@ -1,17 +1,21 @@
 """The one command for sync: keys, nodes, status, apply, retry, push, pull, files."""
 
 import argparse
+import logging
 import sys
+import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
+from django.db import DatabaseError, connections, transaction
 
 from sync import keys
 from sync.apply import apply_pending, retry
 from sync.models import Conflict, IncomingStatus, IncomingTransaction, Node
 from sync.status import node_status, problems
 from sync.tokens import hash_token, new_token
+
+log = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -49,6 +53,14 @@ class Command(BaseCommand):
         sub.add_parser("problems", help="list parked, failed, rejected and conflicts")
         apply = sub.add_parser("apply", help="apply received transactions")
         apply.add_argument("--chunks", type=int, default=None)
+        apply.add_argument(
+            "--watch",
+            action="store_true",
+            help="keep applying what arrives (the server's apply worker)",
+        )
+        apply.add_argument(
+            "--interval", type=float, default=5.0, help="seconds between passes"
+        )
         retry_parser = sub.add_parser("retry", help="apply failed transactions again")
         retry_parser.add_argument("--parked", action="store_true")
         reapply = sub.add_parser("reapply-conflict", help="make a losing version win")
@@ -220,9 +232,25 @@ class Command(BaseCommand):
 
     # -- applying --------------------------------------------------------------
 
-    def do_apply(self, chunks=None, **options):
-        report = apply_pending(max_chunks=chunks)
-        self.stdout.write(str(report))
+    def do_apply(self, chunks=None, watch=False, interval=5.0, **options):
+        if not watch:
+            self.stdout.write(str(apply_pending(max_chunks=chunks)))
+            return
+        # What a delivery stored but did not apply (the server was killed, or
+        # the apply after a push failed) is taken up here, whoever sends next.
+        log.info("apply worker: every %.0f s", interval)
+        while True:
+            try:
+                report = apply_pending(max_chunks=chunks)
+            except DatabaseError:
+                log.exception("apply worker: pass failed; trying again")
+                connections.close_all()
+                report = None
+            busy = report and (
+                report.applied or report.parked or report.failed or report.conflicts
+            )
+            if not busy:
+                time.sleep(interval)
 
     def do_retry(self, parked=False, **options):
         statuses = [IncomingStatus.FAILED] + ([IncomingStatus.PARKED] if parked else [])
