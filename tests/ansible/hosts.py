@@ -29,6 +29,11 @@ HOST_IMAGE = "collect-offline/ansible-host:test"
 HOST_DOCKERFILE_DIR = REPO / "tests" / "ansible" / "host"
 BASE_IMAGE = "collect-offline/debian:bookworm"
 CA_FILE = "/opt/collect-offline/node/ca.crt"
+# Images the roles load, and the inventory variable naming each.
+IMAGES = {
+    "collect-offline/app:latest": "collect_app_image",
+    "collect-offline/postgres:15": "collect_postgres_image",
+}
 ENGINE_FLAGS = (
     "--cap-add", "SYS_ADMIN",
     "--cap-add", "NET_ADMIN",
@@ -126,11 +131,18 @@ class Deployment:
         self.workdir = workdir
         self.inventory = workdir / "hosts.yml"
         self.runs = 0
+        self.images: dict[str, str] = {}
         for host in hosts:
             host.container = f"co-ansible-{self.run_id}-{host.name}"
 
     def start(self) -> None:
         build_host_image()
+        # Pinned tags: `make images` elsewhere on this machine must not change
+        # the images between the runs of one test.
+        for image, variable in IMAGES.items():
+            pinned = f"{image.split(':')[0]}:ansible-test-{self.run_id}"
+            run("docker", "tag", image, pinned)
+            self.images[variable] = pinned
         run("docker", "network", "create", self.network)
         for host in self.hosts:
             run(
@@ -163,6 +175,7 @@ class Deployment:
                     "ansible_become": False,
                     "ansible_python_interpreter": "/usr/bin/python3",
                     "docker_engine_storage_driver": "vfs",
+                    **self.images,
                 },
                 "children": groups,
             }
@@ -204,3 +217,5 @@ class Deployment:
         for host in self.hosts:
             run("docker", "rm", "-f", "-v", host.container, check=False)
         run("docker", "network", "rm", self.network, check=False)
+        for pinned in self.images.values():
+            run("docker", "rmi", pinned, check=False)
