@@ -29,6 +29,8 @@ HOST_IMAGE = "collect-offline/ansible-host:test"
 HOST_DOCKERFILE_DIR = REPO / "tests" / "ansible" / "host"
 BASE_IMAGE = "collect-offline/debian:bookworm"
 CA_FILE = "/opt/collect-offline/node/ca.crt"
+# Where app_stack keeps `docker save` archives on the controller.
+IMAGE_CACHE = REPO / "build" / "ansible-images"
 # Images the roles load, and the inventory variable naming each.
 IMAGES = {
     "collect-offline/app:latest": "collect_app_image",
@@ -219,3 +221,5 @@ class Deployment:
         run("docker", "network", "rm", self.network, check=False)
         for pinned in self.images.values():
             run("docker", "rmi", pinned, check=False)
+        for archive in IMAGE_CACHE.glob(f"*ansible-test-{self.run_id}-*.tar"):
+            archive.unlink()
