@@ -65,8 +65,12 @@ def postgres(docker_client):
     """Start the run's PostgreSQL and migrate the template database once."""
     server = PostgresServer(docker_client)
     try:
-        server.start()
-        server.make_templates()
+        try:
+            server.start()
+            server.make_templates()
+        except Exception:
+            print(f"===== postgres =====\n{server.logs()}")
+            raise
         yield server
     finally:
         server.stop()

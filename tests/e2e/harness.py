@@ -138,6 +138,13 @@ def wait_for(
         time.sleep(interval)
 
 
+def parallel(*calls: Callable[[], object]) -> list:
+    """Run independent calls (commands on different nodes) side by side."""
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = [pool.submit(call) for call in calls]
+        return [future.result() for future in futures]
+
+
 def entered(seed: Result) -> int:
     """Return how many transactions ``manage.py seed --transactions`` made."""
     found = re.search(r"entered (\d+) transactions", seed.stdout)
@@ -520,14 +527,26 @@ class Deployment:
         )  # fmt: skip
 
     def start(
-        self, *laptops: str, laptop_env: dict | None = None, **community_env
+        self,
+        *laptops: str,
+        laptop_env: dict | None = None,
+        each: dict[str, dict] | None = None,
+        **community_env,
     ) -> tuple[AppNode, list[AppNode]]:
-        """Start a community server and laptops side by side, registered."""
+        """Start a community server and laptops side by side, registered.
+
+        ``laptop_env`` goes to every laptop, ``each[name]`` to one.
+        """
         assert self.field_network.id  # made once, before the threads join it
         with ThreadPoolExecutor(max_workers=1 + len(laptops)) as pool:
             server = pool.submit(self.community, **community_env)
             started = [
-                pool.submit(self.laptop, name, **(laptop_env or {})) for name in laptops
+                pool.submit(
+                    self.laptop,
+                    name,
+                    **{**(laptop_env or {}), **(each or {}).get(name, {})},
+                )
+                for name in laptops
             ]
             community = server.result()
             nodes = [future.result() for future in started]

@@ -1,6 +1,7 @@
 """The same record changed in two places, and laptops whose clocks are wrong."""
 
 from tests.e2e.admin import AdminSession
+from tests.e2e.harness import parallel
 from tests.e2e.proof import prove_delivered, snapshot
 
 EDIT = """
@@ -74,14 +75,27 @@ def conflict_id(node, pk: str) -> str:
 
 
 def test_clock_skew_neither_hides_nor_reorders_changes(deployment):
-    community = deployment.community()
-    behind = deployment.laptop("laptop-01", SYNC_CLOCK_SKEW_SECONDS=str(-3 * DAYS))
-    ahead = deployment.laptop("laptop-02", SYNC_CLOCK_SKEW_SECONDS=str(3 * DAYS))
-    for laptop in (behind, ahead):
-        deployment.register(community, laptop)
+    community, (behind, ahead) = deployment.start(
+        "laptop-01",
+        "laptop-02",
+        each={
+            "laptop-01": {"SYNC_CLOCK_SKEW_SECONDS": str(-3 * DAYS)},
+            "laptop-02": {"SYNC_CLOCK_SKEW_SECONDS": str(3 * DAYS)},
+        },
+    )
+
+    def field_day(laptop):
         laptop.manage("seed", "--households", "3", "--seed", "6")
         laptop.manage("sync", "push")
-    produced = {n.node_id: snapshot(n) for n in (behind, ahead)}
+        return snapshot(laptop)
+
+    produced = dict(
+        zip(
+            ("laptop-01", "laptop-02"),
+            parallel(lambda: field_day(behind), lambda: field_day(ahead)),
+            strict=True,
+        )
+    )
     stamps = {k: [r["hlc"] >> 16 for r in s.outgoing(k)] for k, s in produced.items()}
     assert max(stamps["laptop-01"]) < min(stamps["laptop-02"]) - 5 * DAYS * 1000, (
         "the skew hook SYNC_CLOCK_SKEW_SECONDS did not take effect"
