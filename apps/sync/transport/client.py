@@ -78,8 +78,9 @@ class Upstream:
             )
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Node {settings.SYNC_NODE_ID}:{token}"
-        if settings.SYNC_UPSTREAM_CA_FILE:
-            self.session.verify = settings.SYNC_UPSTREAM_CA_FILE
+        # The deployment's CA, and only it, vouches for the upstream: requests
+        # would otherwise let REQUESTS_CA_BUNDLE in the environment win.
+        self.verify = settings.SYNC_UPSTREAM_CA_FILE or True
         self.timeout = settings.SYNC_HTTP_TIMEOUT
         self.retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type(_Transient),
@@ -103,8 +104,19 @@ class Upstream:
     def _call_once(self, method, path, **kwargs) -> dict:
         try:
             response = self.session.request(
-                method, f"{self.url}{API}{path}", timeout=self.timeout, **kwargs
+                method,
+                f"{self.url}{API}{path}",
+                timeout=self.timeout,
+                verify=self.verify,
+                **kwargs,
             )
+        except requests.exceptions.SSLError as exc:
+            # Waiting will not make a certificate trusted.
+            raise PushFailed(
+                f"{self.url} presented a certificate this node does not trust "
+                f"({exc}); set UPSTREAM_CA_FILE to the deployment's CA "
+                "certificate (ca.crt)."
+            ) from exc
         except requests.RequestException as exc:
             raise _Transient(str(exc)) from exc
         if response.status_code >= 500:
