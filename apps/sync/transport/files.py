@@ -26,11 +26,9 @@ nothing. A receipt is signed JSON from central: how far it holds each
 producer's sequence the site sent, and the last batch of the site it imported.
 
 The site records a receipt as central's acknowledgements, which its push
-answers hand down to the laptops pushing those producers' changes. A laptop
-with nothing new to push learns nothing: its push stops after ``/held/``,
-whose answer carries no acknowledgements. Adding ``known_acknowledgements``
-of the producer to that answer (transport/api.py) and recording them in
-``_push_producer`` (transport/client.py) would close this.
+and ``/held/`` answers hand down to the laptops (and its pull answers to the
+middlemen), so a laptop learns that central holds its changes on its next
+sync, even with nothing new to send.
 """
 
 from __future__ import annotations
