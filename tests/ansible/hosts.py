@@ -166,6 +166,8 @@ class Deployment:
             variables = {
                 "ansible_host": host.container,
                 "collect_address": host.address,
+                # Host vars: inventory group vars lose to ansible/group_vars/.
+                **self.images,
             }
             if host.upstream:
                 variables["collect_upstream"] = host.upstream
@@ -177,7 +179,6 @@ class Deployment:
                     "ansible_become": False,
                     "ansible_python_interpreter": "/usr/bin/python3",
                     "docker_engine_storage_driver": "vfs",
-                    **self.images,
                 },
                 "children": groups,
             }
