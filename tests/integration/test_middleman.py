@@ -145,9 +145,11 @@ def test_relayed_field_day_arrives_and_the_laptop_sees_how_far_each_change_got(
         (f"#1–#{first_day}", first_day, f"picked up by {MIDDLEMAN}")
     ]
 
-    relayed = push(middleman)
+    pushed = middleman.manage("sync", "push").stdout
+    relayed = parsed(PUSHED, pushed)
 
     assert relayed["sent"] == relayed["applied"] == first_day
+    assert f"relayed {LAPTOP} through #{first_day}" in pushed
     assert_applied_once(community, laptop)
     assert community.rows(
         "SELECT DISTINCT delivered_by FROM sync_incomingtransaction"

@@ -11,7 +11,7 @@ import gzip
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import requests
 import tenacity
@@ -52,14 +52,22 @@ class PushSummary:
     conflicts: int = 0
     failed: int = 0
     seconds: float = 0.0
+    # On a relay: how far upstream holds each other producer's transactions.
+    relayed: dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        return (
+        line = (
             f"sent {self.sent}, acknowledged through #{self.acknowledged_through}, "
             f"applied {self.applied}, parked {self.parked}, "
             f"conflicts {self.conflicts}, failed {self.failed} "
             f"in {self.seconds:.1f} s"
         )
+        if self.relayed:
+            line += "; relayed " + ", ".join(
+                f"{producer} through #{through}"
+                for producer, through in sorted(self.relayed.items())
+            )
+        return line
 
 
 class Upstream:
@@ -169,15 +177,13 @@ def _sources():
 
 
 def _push_producer(upstream, producer, source, size, progress, summary) -> None:
-    me = settings.SYNC_NODE_ID
     held = upstream.call("GET", "/held/", params={"producer": producer})
     holder, through = held["node"], held["held_through"]
     record_acknowledgement(holder, producer, through, exact=True)
     _record_hearsay(held.get("acknowledgements", []), producer)
     pending = source.filter(sequence__gt=through).order_by("sequence")
     total = pending.count()
-    if producer == me:
-        summary.acknowledged_through = through
+    _note_acknowledged(summary, producer, through)
     if not total:
         return
     log.info("pushing %d of %s's transactions to %s", total, producer, holder)
@@ -207,8 +213,14 @@ def _push_producer(upstream, producer, source, size, progress, summary) -> None:
                     f"{reasons or 'it holds a gap before them'}"
                 )
             through = acknowledged
-            if producer == me:
-                summary.acknowledged_through = through
+            _note_acknowledged(summary, producer, through)
+
+
+def _note_acknowledged(summary: PushSummary, producer: str, through: int) -> None:
+    if producer == settings.SYNC_NODE_ID:
+        summary.acknowledged_through = through
+    else:
+        summary.relayed[producer] = through
 
 
 def _record_hearsay(acknowledgements: list[dict], producer: str) -> None:
