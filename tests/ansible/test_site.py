@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.ansible
 
 COMMUNITY_PORT = 8643
 LAPTOP_PORT = 8443
