@@ -5,7 +5,9 @@ import secrets
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(32)
+    # Hex, so a token never starts with "-" and reads as an option on a
+    # command line (sync node add --token ...).
+    return secrets.token_hex(32)
 
 
 def hash_token(token: str) -> str:

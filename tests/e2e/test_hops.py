@@ -6,7 +6,7 @@ from tests.e2e.proof import prove_delivered, snapshot
 
 
 def test_middleman_pulls_from_laptop_and_relays_to_community(deployment):
-    pull_token, relay_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    pull_token, relay_token = secrets.token_hex(24), secrets.token_hex(24)
     community = deployment.community()
     laptop = deployment.laptop("laptop-01", upstream=None)
     middleman = deployment.server(

@@ -172,7 +172,7 @@ class Deployment:
 
     def token(self, node_id: str) -> str:
         """Return ``node_id``'s token, the same on every node it is registered on."""
-        return self.tokens.setdefault(node_id, secrets.token_urlsafe(24))
+        return self.tokens.setdefault(node_id, secrets.token_hex(24))
 
     def add_nodes(self, on: Node, nodes: list[tuple[str, str, str]]) -> None:
         """Register ``(node id, role, flags)`` on ``on``, as an operator would.

@@ -33,6 +33,7 @@ from ..receive import receive
 log = logging.getLogger(__name__)
 
 API = "/api/sync/v1"
+RELAY_ROLES = ("middleman", "community")
 
 
 class PushFailed(SyncError):
@@ -166,6 +167,10 @@ def _sources():
     """Yield each producer this node holds, with the rows of its envelopes."""
     me = settings.SYNC_NODE_ID
     yield me, OutgoingTransaction.objects.filter(producer=me)
+    if settings.SYNC_ROLE not in RELAY_ROLES:
+        # A laptop handed another's envelopes keeps them; that laptop pushes
+        # its own, and only middlemen and site servers carry others'.
+        return
     relayed = ProducerState.objects.exclude(producer=me).filter(contiguous__gt=0)
     for state in relayed.order_by("producer"):
         yield (

@@ -27,8 +27,8 @@ producer's sequence the site sent, and the last batch of the site it imported.
 
 The site records a receipt as central's acknowledgements, which its push
 and ``/held/`` answers hand down to the laptops (a middleman passes them on
-to the laptops it pulls from), so a laptop learns that central holds its changes on its next
-sync, even with nothing new to send.
+to the laptops it pulls from), so a laptop learns that central holds its
+changes on its next sync, even with nothing new to send.
 """
 
 from __future__ import annotations
