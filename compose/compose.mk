@@ -45,8 +45,12 @@ define check-role
 endef
 
 # SKIP_IMAGES=1: the caller built the images already (smoke, demo).
-up: $(if $(SKIP_IMAGES),,images)
+# The role is checked before the images are built, not after.
+.PHONY: role-ok
+role-ok:
 	$(check-role)
+
+up: role-ok $(if $(SKIP_IMAGES),,images)
 	$(PROVISION) node $(ROLE) $(NODE_ID)
 	$(STACK) $(NODE_ID) up -d --wait
 	@port=$$(sed -n 's/^HTTPS_PORT=//p' var/deployment/nodes/$(NODE_ID)/compose.env); \

@@ -6,6 +6,7 @@ import sys
 import time
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError, connections, transaction
 
@@ -113,6 +114,8 @@ class Command(BaseCommand):
 
     def do_node(self, node_action, **options):
         if node_action == "list":
+            if not Node.objects.exists():
+                self.stdout.write("no nodes registered here (add one: sync node add)")
             for node in Node.objects.order_by("node_id"):
                 flags = ["active" if node.is_active else "REVOKED"]
                 if node.can_relay:
@@ -265,8 +268,10 @@ class Command(BaseCommand):
 
         try:
             conflict = Conflict.objects.get(pk=conflict_id)
-        except (Conflict.DoesNotExist, ValueError):
-            raise CommandError(f"no conflict {conflict_id}") from None
+        except (Conflict.DoesNotExist, ValueError, ValidationError):
+            raise CommandError(
+                f"no conflict {conflict_id}; `sync problems` lists the open ones"
+            ) from None
         reapply_loser(conflict, by="command line")
         self.stdout.write(f"re-applied the losing version of {conflict.record_id}")
 
