@@ -31,6 +31,9 @@ help:
 	@echo "make logs ROLE=...     follow that stack's logs"
 	@echo "make register NODE_ID=...  register a node on its upstream's stack (and above)"
 	@echo "make smoke             every role up side by side, /health/ over https, down"
+	@echo "make provision TIER=... INVENTORY=...  provision hosts with Ansible (ansible/)"
+	@echo "make lint | test-e2e | test-ansible    parts of make test"
+	@echo "make install           the virtualenv (.venv) from the lock files"
 
 # The virtualenv is rebuilt whenever a lock file changes.
 install: $(VENV)/.installed
