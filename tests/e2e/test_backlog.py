@@ -11,7 +11,7 @@ import time
 from tests.e2e.harness import entered
 from tests.e2e.proof import prove_delivered, snapshot
 
-BACKLOG = int(os.environ.get("E2E_BACKLOG", "20000"))
+BACKLOG = int(os.environ.get("E2E_BACKLOG", "100000"))
 MB = 1024 * 1024
 
 
