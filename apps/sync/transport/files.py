@@ -910,21 +910,30 @@ def _forget_vanished(directory: Path) -> None:
             row.delete()
 
 
-def _wait(batch: BatchFile, last: ImportedBatch | None) -> None:
-    missing = (last.number if last else 0) + 1
-    detail = f"waiting for batch {missing} of {batch.site}"
+def _record(batch: BatchFile, status: str, **outcome) -> None:
+    """Record what became of ``batch`` on this node."""
     ImportedBatch.objects.update_or_create(
         site=batch.site,
         number=batch.number,
         defaults={
             "manifest_digest": batch.digest,
             "file_name": batch.path.name,
-            "status": ImportedBatch.Status.WAITING,
+            "status": status,
             "envelope_count": batch.count,
             "producers": batch.producers,
-            "location": str(batch.path.parent),
-            "detail": detail,
+            **outcome,
         },
+    )
+
+
+def _wait(batch: BatchFile, last: ImportedBatch | None) -> None:
+    missing = (last.number if last else 0) + 1
+    detail = f"waiting for batch {missing} of {batch.site}"
+    _record(
+        batch,
+        ImportedBatch.Status.WAITING,
+        location=str(batch.path.parent),
+        detail=detail,
     )
     log.warning("%s waits in the inbox: %s", batch.path.name, detail)
 
@@ -941,22 +950,15 @@ def _import_batch(batch: BatchFile, summary: ImportSummary) -> None:
     report = apply_pending()
     # Recorded only once every envelope is stored: a crash before this line
     # makes the next run import the batch again, which finds duplicates.
-    ImportedBatch.objects.update_or_create(
-        site=batch.site,
-        number=batch.number,
-        defaults={
-            "manifest_digest": batch.digest,
-            "file_name": batch.path.name,
-            "status": ImportedBatch.Status.IMPORTED,
-            "envelope_count": batch.count,
-            "producers": batch.producers,
-            "location": "",
-            "stored": stored,
-            "duplicates": duplicates,
-            "rejected": rejected,
-            "detail": "",
-            "imported_at": timezone.now(),
-        },
+    _record(
+        batch,
+        ImportedBatch.Status.IMPORTED,
+        location="",
+        stored=stored,
+        duplicates=duplicates,
+        rejected=rejected,
+        detail="",
+        imported_at=timezone.now(),
     )
     _set_aside(batch.path)
     summary.imported += 1
