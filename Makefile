@@ -14,7 +14,7 @@ PORT ?= $(PORT_$(ROLE))
 export PYTHONDONTWRITEBYTECODE := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-fast test-e2e run seed bench lock
+.PHONY: help install host-packages lint test test-fast test-e2e run seed bench lock
 
 help:
 	@echo "make demo              the field-to-server flow in containers, with a report"
@@ -35,8 +35,12 @@ help:
 	@echo "make lint | test-e2e | test-ansible    parts of make test"
 	@echo "make install           the virtualenv (.venv) from the lock files"
 
-# The virtualenv is rebuilt whenever a lock file changes.
-install: $(VENV)/.installed
+# The virtualenv is rebuilt whenever a lock file changes. The host's own
+# packages (PostgreSQL server binaries, sshd, venv) are installed when missing.
+install: host-packages $(VENV)/.installed
+host-packages:
+	@bash infra/host-packages.sh
+$(VENV)/.installed: | host-packages
 $(VENV)/.installed: requirements/dev.lock requirements/base.lock
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
