@@ -1,4 +1,4 @@
-"""Provides a community server and a field laptop provisioned by ansible/site.yml.
+"""Provides one stand-in host per tier, provisioned by ansible/site.yml.
 
 KEEP_ANSIBLE_HOSTS=1 leaves the stand-in hosts running after the tests, to
 look into them (`docker ps --filter label=org.collect-offline.test=ansible`).
@@ -16,14 +16,16 @@ from tests.ansible.hosts import Deployment, Host
 
 @pytest.fixture(scope="module")
 def deployment(request):
-    """Two stand-in hosts, provisioned once; removed after the module, pass or fail.
+    """Four stand-in hosts, provisioned once; removed after the module, pass or fail.
 
     The inventory, the deployment's secrets and the playbook logs are in a
     folder of their own (pytest's basetemp is pruned by concurrent runs),
     removed after a passing module and kept, with its path printed, otherwise.
     """
     hosts = [
-        Host("community-t1", "community_servers", ""),
+        Host("central-t1", "central", ""),
+        Host("community-t1", "community_servers", "", upstream="central-t1"),
+        Host("middleman-t1", "middlemen", "", upstream="community-t1"),
         Host("laptop-t1", "field_laptops", "", upstream="community-t1"),
     ]
     workdir = Path(tempfile.mkdtemp(prefix="co-ansible-"))

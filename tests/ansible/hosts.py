@@ -35,6 +35,7 @@ IMAGE_CACHE = REPO / "build" / "ansible-images"
 IMAGES = {
     "collect-offline/app:latest": "collect_app_image",
     "collect-offline/postgres:15": "collect_postgres_image",
+    "collect-offline/sftp:latest": "collect_sftp_image",
 }
 ENGINE_FLAGS = (
     "--cap-add", "SYS_ADMIN",
@@ -217,8 +218,9 @@ class Deployment:
         return "\n".join(f"##### {h.name}\n{h.logs()}" for h in self.hosts)
 
     def stop(self) -> None:
-        for host in self.hosts:
-            run("docker", "rm", "-f", "-v", host.container, check=False)
+        # One command: the engine removes the hosts side by side.
+        containers = [host.container for host in self.hosts]
+        run("docker", "rm", "-f", "-v", *containers, check=False)
         run("docker", "network", "rm", self.network, check=False)
         for pinned in self.images.values():
             run("docker", "rmi", pinned, check=False)

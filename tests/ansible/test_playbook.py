@@ -27,11 +27,17 @@ def test_site_playbook_is_valid():
     assert "playbook: " in playbook("--syntax-check")
 
 
-def test_tiers_are_provisioned_upstream_first():
+def test_every_host_is_prepared_then_tiers_start_upstream_first():
     listed = playbook("--list-hosts")
 
-    plays = re.findall(r"play #\d+ \((\w+)\)", listed)
-    assert plays == ["central", "community_servers", "middlemen", "field_laptops"]
+    plays = re.findall(r"play #\d+ \(([\w:]+)\)", listed)
+    assert plays == [
+        "central:community_servers:middlemen:field_laptops",
+        "central",
+        "community_servers",
+        "middlemen",
+        "field_laptops",
+    ]
 
 
 def test_each_tier_gets_its_roles():
@@ -39,10 +45,12 @@ def test_each_tier_gets_its_roles():
     plays = re.split(r"\n\s*play #\d+ ", listed)[1:]
     roles = [set(re.findall(r"^\s+(\w+) : ", play, re.MULTILINE)) for play in plays]
 
-    engine = {"docker_engine", "node_identity", "app_stack"}
-    assert roles[0] == engine | {"db_backup"}
+    # The images are included (app_stack, tasks_from), so --list-tasks shows
+    # the include rather than the role's tasks.
+    assert roles[0] == {"docker_engine", "node_identity"}
+    assert roles[1] == {"app_stack", "db_backup"}
     # sftp_link and node_registration are included when an upstream is named,
     # so --list-tasks shows the include rather than the role's tasks.
-    assert roles[1] >= engine | {"db_backup"}
-    assert roles[2] >= engine | {"db_backup"}
-    assert roles[3] >= engine and "db_backup" not in roles[3]
+    assert roles[2] >= {"app_stack", "db_backup"}
+    assert roles[3] >= {"app_stack", "db_backup"}
+    assert roles[4] >= {"app_stack"} and "db_backup" not in roles[4]
