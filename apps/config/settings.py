@@ -5,6 +5,7 @@ jobs are on; the same code paths exist everywhere.
 """
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
@@ -155,6 +156,17 @@ SYNC_DATA_KEYS_DIR = env.str(
     "SYNC_DATA_KEYS_DIR", default=str(BASE_DIR / "var" / "deployment" / "data-keys")
 )
 SYNC_UPSTREAM_URL = env.str("UPSTREAM_URL", default="")
+_upstream = urlsplit(SYNC_UPSTREAM_URL)
+if SYNC_UPSTREAM_URL and (
+    _upstream.scheme not in ("http", "https")
+    or not _upstream.hostname
+    or _upstream.path.strip("/")
+):
+    raise ImproperlyConfigured(
+        f"UPSTREAM_URL={SYNC_UPSTREAM_URL!r} is not a server's address. Give "
+        "its scheme, host and port only, e.g. https://community-1:8643 (the "
+        "API path is added by the client)."
+    )
 SYNC_UPSTREAM_TOKEN = _secret("UPSTREAM_TOKEN")
 SYNC_UPSTREAM_CA_FILE = env.str("UPSTREAM_CA_FILE", default="")
 # A middleman's credential on the field laptops it pulls from.

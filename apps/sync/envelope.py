@@ -32,6 +32,8 @@ from .errors import EnvelopeInvalid
 FORMAT = 1
 ACTIONS = ("insert", "update", "delete")
 NONCE_BYTES = 12
+# Sequences and clocks are stored as 64-bit signed integers (BigIntegerField).
+MAX_INTEGER = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,9 +302,20 @@ def _typed(data: dict, name: str, kind: type):
 
 def _positive(data: dict, name: str) -> int:
     value = data.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise EnvelopeInvalid(f"field '{name}' must be a positive integer", "bad_shape")
+    if not is_whole_number(value) or value < 1:
+        raise EnvelopeInvalid(
+            f"field '{name}' must be a positive integer below 2**63", "bad_shape"
+        )
     return value
+
+
+def is_whole_number(value) -> bool:
+    """Tell whether ``value`` is an int from 0 to MAX_INTEGER (not a bool)."""
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_INTEGER
+    )
 
 
 def _choice(data: dict, name: str, choices: tuple[str, ...]) -> str:

@@ -512,6 +512,13 @@ MALFORMED_PULLS = {
     "after-negative": {**PULL, "after": -1},
     "after-as-string": {**PULL, "after": "0"},
     "limit-as-bool": {**PULL, "limit": True},
+    "after-past-64-bits": {**PULL, "after": 2**63},
+    "nested-too-deeply": b'{"schema_version": 1, "after": ' + b"[" * 10_000,
+    "acknowledgement-past-64-bits": {
+        **PULL,
+        "after": 5,
+        "acknowledgements": [{"holder": "x", "producer": LAPTOP, "through": 2**64}],
+    },
     "acknowledgements-not-a-list": {**PULL, "after": 5, "acknowledgements": "x"},
     "acknowledgement-without-holder": {
         **PULL,

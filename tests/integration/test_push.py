@@ -259,6 +259,13 @@ MALFORMED = {
     ),
     "sequence-as-string": (lambda e: _with(e, sequence="1"), False, 400),
     "sequence-zero": (lambda e: _with(e, sequence=0), False, 400),
+    "sequence-past-64-bits": (lambda e: _with(e, sequence=2**63), False, 400),
+    "clock-past-64-bits": (lambda e: _with(e, hlc=2**70), False, 400),
+    "nested-too-deeply": (
+        lambda e: b'{"schema_version": 1, "envelopes": [], "x": ' + b"[" * 10_000,
+        False,
+        400,
+    ),
     "record-id-not-a-uuid": (lambda e: _with(e, record_id="nope"), False, 400),
     "unknown-action": (lambda e: _with(e, action="upsert"), False, 400),
     "signature-not-base64": (lambda e: _with(e, signature="%%%"), False, 400),

@@ -23,7 +23,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from ..acknowledgements import record_acknowledgement
 from ..apply import ApplyReport, apply_pending
-from ..envelope import Envelope
+from ..envelope import Envelope, is_whole_number
 from ..errors import EnvelopeInvalid
 from ..models import Acknowledgement, Node, OutgoingTransaction, ProducerState
 from ..receive import receive
@@ -130,6 +130,11 @@ class EnvelopeBatchParser(BaseParser):
             return json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
             raise exceptions.ParseError(f"The body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise exceptions.ParseError(
+                "The body nests JSON arrays or objects too deeply; send envelopes "
+                "as the API schema describes."
+            ) from None
 
 
 class NodeAPIView(APIView):
@@ -348,8 +353,10 @@ class PullView(NodeAPIView):
         check_schema_version(data.get("schema_version"), node.node_id)
         after, limit = data.get("after"), data.get("limit", settings.SYNC_CHUNK_SIZE)
         for name, value in (("after", after), ("limit", limit)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise exceptions.ParseError(f"'{name}' must be a whole number.")
+            if not is_whole_number(value):
+                raise exceptions.ParseError(
+                    f"'{name}' must be a whole number below 2**63."
+                )
         hearsay = _acknowledgements(data.get("acknowledgements", []))
         me = settings.SYNC_NODE_ID
         # Checked before anything is recorded: a malformed body changes nothing.
@@ -394,11 +401,11 @@ def _acknowledgements(raw) -> list[dict]:
             isinstance(item, dict)
             and isinstance(item.get("holder"), str)
             and isinstance(item.get("producer"), str)
-            and isinstance(item.get("through"), int)
-            and not isinstance(item.get("through"), bool)
+            and is_whole_number(item.get("through"))
         ):
             raise exceptions.ParseError(
-                "each acknowledgement needs 'holder', 'producer' and 'through'."
+                "each acknowledgement needs 'holder', 'producer' and 'through' "
+                "(a whole number below 2**63)."
             )
     return raw
 
