@@ -8,9 +8,13 @@ cheap enough and is used as it is.
 
 Values are written as they stand: no ``pre_save`` (an applied record keeps
 the times its producer gave it), no signals, no history.
+
+Also provides ``among``, a filter on a long list of values that PostgreSQL
+gets as one array parameter rather than a placeholder per value.
 """
 
 from django.db import connections, models
+from django.db.models import Lookup, Q
 
 
 def write(
@@ -27,26 +31,49 @@ def write(
     """
     if not objs:
         return
-    connection = connections[using]
-    if connection.vendor != "postgresql" or not connection.in_atomic_block:
-        options = {"ignore_conflicts": True}
-        if update_fields:
-            options = {
-                "update_conflicts": True,
-                "unique_fields": unique_fields,
-                "update_fields": update_fields,
-            }
-        model._base_manager.using(using).bulk_create(objs, **options)
+    if not _copies(using):
+        _bulk_create(model, objs, using, unique_fields, update_fields)
         return
-    fields = [
-        f
-        for f in model._meta.concrete_fields
-        if not (f.primary_key and isinstance(f, models.AutoField))
-    ]
-    rows = [
-        [f.get_db_prep_save(getattr(obj, f.attname), connection) for f in fields]
-        for obj in objs
-    ]
+    for obj in objs:
+        # Saved now, as bulk_create would mark them: relations may follow.
+        obj._state.adding = False
+        obj._state.db = using
+    fields = _columns(model)
+    write_values(
+        model,
+        [{f.attname: getattr(obj, f.attname) for f in fields} for obj in objs],
+        using,
+        unique_fields,
+        update_fields,
+    )
+
+
+def write_values(
+    model: type[models.Model],
+    rows: list[dict],
+    using: str,
+    unique_fields: list[str],
+    update_fields: list[str] | None = None,
+) -> None:
+    """Like ``write``, for rows given as attribute name to Python value.
+
+    A field missing from a row gets its default, as a new instance would.
+    """
+    if not rows:
+        return
+    if not _copies(using):
+        objs = [model(**row) for row in rows]
+        _bulk_create(model, objs, using, unique_fields, update_fields)
+        return
+    connection = connections[using]
+    fields = _columns(model)
+    prepared = []
+    for row in rows:
+        values = []
+        for field in fields:
+            value = row[field.attname] if field.attname in row else field.get_default()
+            values.append(field.get_db_prep_save(value, connection))
+        prepared.append(values)
     quote = connection.ops.quote_name
     meta = model._meta
     on_conflict = "DO NOTHING"
@@ -57,17 +84,39 @@ def write(
         )
         on_conflict = f"DO UPDATE SET {changes}"
     target = ", ".join(quote(meta.get_field(name).column) for name in unique_fields)
-    for obj in objs:
-        # Saved now, as bulk_create would mark them: relations may follow.
-        obj._state.adding = False
-        obj._state.db = using
     copy(
         connection,
         meta.db_table,
         [f.column for f in fields],
-        rows,
+        prepared,
         f"ON CONFLICT ({target}) {on_conflict}",
     )
+
+
+def _copies(using: str) -> bool:
+    """Tell whether writes go through COPY: PostgreSQL, in a transaction."""
+    connection = connections[using]
+    return connection.vendor == "postgresql" and connection.in_atomic_block
+
+
+def _bulk_create(model, objs, using, unique_fields, update_fields) -> None:
+    options = {"ignore_conflicts": True}
+    if update_fields:
+        options = {
+            "update_conflicts": True,
+            "unique_fields": unique_fields,
+            "update_fields": update_fields,
+        }
+    model._base_manager.using(using).bulk_create(objs, **options)
+
+
+def _columns(model: type[models.Model]) -> list[models.Field]:
+    """Return the fields a write gives values for: all but an automatic key."""
+    return [
+        f
+        for f in model._meta.concrete_fields
+        if not (f.primary_key and isinstance(f, models.AutoField))
+    ]
 
 
 def copy(connection, table: str, columns: list[str], rows: list, conflict: str):
@@ -87,8 +136,40 @@ def copy(connection, table: str, columns: list[str], rows: list, conflict: str):
         with cursor.cursor.copy(f"COPY {staging} ({names}) FROM STDIN") as stream:
             for row in rows:
                 stream.write_row(row)
+        # Emptied as it is moved: cheaper than a TRUNCATE, which makes a new
+        # file for the table each time.
         cursor.execute(
-            f"INSERT INTO {quote(table)} ({names}) SELECT {names} FROM {staging} "
+            f"WITH moved AS (DELETE FROM {staging} RETURNING {names}) "
+            f"INSERT INTO {quote(table)} ({names}) SELECT {names} FROM moved "
             f"{conflict}"
         )
-        cursor.execute(f"TRUNCATE {staging}")
+
+
+def among(name: str, values, using: str) -> Q:
+    """Return a filter: the field ``name`` has one of ``values``.
+
+    On PostgreSQL the values travel as one array; ``__in`` would put a
+    placeholder per value in the statement, and a statement of a thousand
+    placeholders costs more to build than to run.
+    """
+    values = list(values)
+    if connections[using].vendor != "postgresql" or not values:
+        return Q(**{f"{name}__in": values})
+    return Q(**{f"{name}__{AnyOf.lookup_name}": values})
+
+
+@models.Field.register_lookup
+class AnyOf(Lookup):
+    """``field = ANY(array)``: the array is one parameter (PostgreSQL only)."""
+
+    lookup_name = "any_of"
+    prepare_rhs = False
+
+    def get_db_prep_lookup(self, value, connection):
+        field = self.lhs.output_field
+        return "%s", [[field.get_db_prep_value(v, connection) for v in value]]
+
+    def as_sql(self, compiler, connection):
+        lhs, lhs_params = self.process_lhs(compiler, connection)
+        rhs, rhs_params = self.process_rhs(compiler, connection)
+        return f"{lhs} = ANY({rhs})", (*lhs_params, *rhs_params)
