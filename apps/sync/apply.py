@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from django.conf import settings
@@ -102,7 +102,7 @@ class _Pending:
     Lighter than a model instance: apply reads a thousand at a time.
     """
 
-    columns = tuple(f.name for f in fields(envelope.Envelope))
+    columns = envelope.COLUMNS
     __slots__ = (*columns, "status", "waiting_for", "detail", "applied_at")
 
     def __init__(self, *values):

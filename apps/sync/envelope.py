@@ -141,7 +141,16 @@ class Envelope:
     @classmethod
     def from_row(cls, row) -> "Envelope":
         """Build an envelope from a stored transaction row."""
-        return cls(**{f.name: _as_bytes(getattr(row, f.name)) for f in fields(cls)})
+        return cls(*(_as_bytes(getattr(row, name)) for name in COLUMNS))
+
+    @classmethod
+    def from_columns(cls, values) -> "Envelope":
+        """Build an envelope from its stored columns, given in COLUMNS order."""
+        return cls(*map(_as_bytes, values))
+
+
+# The envelope's fields in order: the columns that store one.
+COLUMNS = tuple(f.name for f in fields(Envelope))
 
 
 class PayloadEncoder(DjangoJSONEncoder):

@@ -9,10 +9,17 @@ from dataclasses import dataclass, field
 
 from django.db import connections, transaction
 from django.db.models import Max
+from django.utils import timezone
 
 from . import bulk, envelope
 from .errors import EnvelopeInvalid
-from .models import IncomingTransaction, Node, ProducerState, RejectedEnvelope
+from .models import (
+    IncomingStatus,
+    IncomingTransaction,
+    Node,
+    ProducerState,
+    RejectedEnvelope,
+)
 
 log = logging.getLogger(__name__)
 security_log = logging.getLogger("sync.security")
@@ -64,7 +71,8 @@ def receive(
 def _store(producer, envelopes, delivered_by, receipt, using) -> None:
     held = dict(
         IncomingTransaction.objects.using(using)
-        .filter(producer=producer, sequence__in=[e.sequence for e in envelopes])
+        .filter(producer=producer)
+        .filter(bulk.among("sequence", [e.sequence for e in envelopes], using))
         .values_list("sequence", "id")
     )
     fresh = {}
@@ -88,7 +96,7 @@ def _store(producer, envelopes, delivered_by, receipt, using) -> None:
                     using,
                 )
             )
-    _insert([_row(e, delivered_by) for e in fresh.values()], using)
+    _insert(list(fresh.values()), delivered_by, using)
     receipt.stored += len(fresh)
     state = advance(producer, using)
     receipt.acknowledged[producer] = state.contiguous
@@ -122,44 +130,43 @@ def advance(producer: str, using: str = "default") -> ProducerState:
     return state
 
 
-def _insert(rows: list[IncomingTransaction], using: str) -> None:
-    """Insert ``rows``, skipping any that another delivery stored meanwhile."""
+def _insert(envelopes: list[envelope.Envelope], delivered_by: str, using: str):
+    """Store ``envelopes``, skipping any that another delivery stored meanwhile."""
     connection = connections[using]
     if connection.vendor != "postgresql":
         IncomingTransaction.objects.using(using).bulk_create(
-            rows, ignore_conflicts=True
+            [
+                IncomingTransaction(**_values(item), delivered_by=delivered_by)
+                for item in envelopes
+            ],
+            ignore_conflicts=True,
         )
         return
-    fields = IncomingTransaction._meta.concrete_fields
     # Every column is a UUID, text, integer, bytes or time, which psycopg
     # adapts itself: no per-value round through Django's field machinery.
+    fresh = {
+        "delivered_by": delivered_by,
+        "received_at": timezone.now(),
+        "status": IncomingStatus.RECEIVED.value,
+        "waiting_for": "",
+        "detail": "",
+        "applied_at": None,
+    }
+    columns = [f.column for f in IncomingTransaction._meta.concrete_fields]
     bulk.copy(
         connection,
         IncomingTransaction._meta.db_table,
-        [f.column for f in fields],
-        [[getattr(row, f.attname) for f in fields] for row in rows],
+        columns,
+        [
+            [values[name] for name in columns]
+            for values in ({**_values(item), **fresh} for item in envelopes)
+        ],
         "ON CONFLICT DO NOTHING",
     )
 
 
-def _row(item: envelope.Envelope, delivered_by: str) -> IncomingTransaction:
-    return IncomingTransaction(
-        id=item.id,
-        producer=item.producer,
-        sequence=item.sequence,
-        model=item.model,
-        record_id=item.record_id,
-        action=item.action,
-        hlc=item.hlc,
-        base_version=item.base_version,
-        schema_version=item.schema_version,
-        key_id=item.key_id,
-        nonce=item.nonce,
-        ciphertext=item.ciphertext,
-        signature=item.signature,
-        prev_digest=item.prev_digest,
-        delivered_by=delivered_by,
-    )
+def _values(item: envelope.Envelope) -> dict:
+    return {name: getattr(item, name) for name in envelope.COLUMNS}
 
 
 def _reject(item, exc: EnvelopeInvalid, delivered_by: str, using: str) -> dict:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..acknowledgements import record_acknowledgement
 from ..apply import apply_pending
-from ..envelope import Envelope
+from ..envelope import COLUMNS, Envelope
 from ..errors import SyncError
 from ..models import (
     Acknowledgement,
@@ -195,9 +195,12 @@ def _push_producer(upstream, producer, source, size, progress, summary) -> None:
     label = f"{producer} to {holder}"
     with tqdm(total=total, unit="tx", disable=not progress, desc=label) as bar:
         while True:
-            chunk = list(
-                source.filter(sequence__gt=through).order_by("sequence")[:size]
-            )
+            chunk = [
+                Envelope.from_columns(values)
+                for values in source.filter(sequence__gt=through)
+                .order_by("sequence")
+                .values_list(*COLUMNS)[:size]
+            ]
             if not chunk:
                 break
             answer = _send(upstream, chunk)
@@ -344,7 +347,7 @@ def pull(
 def _send(upstream: Upstream, chunk: list) -> dict:
     body = {
         "schema_version": settings.SYNC_SCHEMA_VERSION,
-        "envelopes": [Envelope.from_row(row).to_wire() for row in chunk],
+        "envelopes": [item.to_wire() for item in chunk],
     }
     data = gzip.compress(json.dumps(body, separators=(",", ":")).encode(), 5)
     return upstream.call(
