@@ -80,7 +80,8 @@ run: install
 	ROLE=$(ROLE) NODE_ID=$(NODE_ID) DEBUG=$${DEBUG:-1} $(PY) manage.py sync keygen \
 		$$(test -f var/deployment/data-keys/active || echo --data-key)
 	ROLE=$(ROLE) NODE_ID=$(NODE_ID) DEBUG=$${DEBUG:-1} $(VENV)/bin/gunicorn \
-		--chdir apps config.wsgi:application --bind 127.0.0.1:$(PORT) --workers 2
+		--chdir apps config.wsgi:application --bind 127.0.0.1:$(PORT) --workers 2 \
+		--no-control-socket
 
 seed: install
 	ROLE=$(ROLE) NODE_ID=$(NODE_ID) DEBUG=$${DEBUG:-1} $(PY) manage.py migrate -v0

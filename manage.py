@@ -9,9 +9,15 @@ from pathlib import Path
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent / "apps"))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
 
-    execute_from_command_line(sys.argv)
+    try:
+        execute_from_command_line(sys.argv)
+    except ImproperlyConfigured as exc:
+        # A node's settings that cannot work: the message says what to set,
+        # and a traceback would only bury it.
+        sys.exit(f"manage.py: this node is not configured: {exc}")
 
 
 if __name__ == "__main__":

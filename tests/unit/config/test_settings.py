@@ -44,3 +44,4 @@ def test_a_setting_that_cannot_work_stops_start_up_with_the_fix(change, says):
 
     assert result.returncode != 0
     assert says in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
