@@ -2,8 +2,10 @@
 
 Both nodes run as real processes on PostgreSQL (a throwaway local cluster,
 durable settings): the laptop's ``sync push`` against gunicorn with two
-workers on 127.0.0.1. Prints transactions applied per second end to end and
-the peak resident memory of the pushing process and of each server process.
+workers on 127.0.0.1. Prints transactions applied per second end to end,
+the peak resident memory of the pushing process and of each server process,
+and how busy the machine's cores were meanwhile (well under 100% means the
+push waits on one step at a time rather than on the processor).
 
     python -m tests.bench.push 10000 100000
 """
@@ -24,6 +26,13 @@ from tests.pgcluster import start_cluster
 TOKEN = "bench-token"
 # As deployed: DEBUG off (Django then keeps no log of every query).
 PRODUCTION = {"DEBUG": "0", "SECRET_KEY": "bench-only-secret-key-not-for-use"}
+
+
+def cpu_times() -> tuple[float, float]:
+    """Return the machine's (busy, total) CPU seconds since boot, all cores."""
+    times = psutil.cpu_times()
+    total = sum(times)
+    return total - times.idle - getattr(times, "iowait", 0), total
 
 
 class PeakMemory(threading.Thread):
@@ -75,7 +84,7 @@ def run(transactions: int, chunk: int) -> dict:
 
         community.start()
         workers = [p.pid for p in psutil.Process(community.process.pid).children()]
-        began = time.monotonic()
+        began, cpu_began = time.monotonic(), cpu_times()
         push = laptop.start_manage(
             "sync", "push", UPSTREAM_URL=community.url, UPSTREAM_TOKEN=TOKEN,
             SYNC_CHUNK_SIZE=str(chunk),
@@ -89,6 +98,9 @@ def run(transactions: int, chunk: int) -> dict:
             "SELECT count(*) FROM sync_incomingtransaction WHERE status = 'applied'"
         )
         elapsed = time.monotonic() - began
+        busy, total = (
+            end - start for end, start in zip(cpu_times(), cpu_began, strict=True)
+        )
         sampler.halt.set()
         sampler.join()
         if applied != made:
@@ -101,6 +113,7 @@ def run(transactions: int, chunk: int) -> dict:
             "per_second": made / elapsed,
             "push_mib": mib[push.pid],
             "server_mib": max(mib[pid] for pid in workers),
+            "busy_percent": 100 * busy / total,
         }
     finally:
         if community is not None:
@@ -115,15 +128,15 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk", type=int, default=1000)
     options = parser.parse_args(argv)
     print(
-        f"{'N':>9} {'seconds':>8} {'tx/s':>8} {'push MiB':>9} {'server MiB':>11}"
-        "   (seeding excluded)"
+        f"{'N':>9} {'seconds':>8} {'tx/s':>8} {'push MiB':>9} {'server MiB':>11} "
+        f"{'cores busy':>10}   (seeding excluded)"
     )
     for size in options.sizes:
         result = run(size, options.chunk)
         print(
             f"{result['transactions']:>9} {result['seconds']:>8.1f} "
             f"{result['per_second']:>8.0f} {result['push_mib']:>9.0f} "
-            f"{result['server_mib']:>11.0f}",
+            f"{result['server_mib']:>11.0f} {result['busy_percent']:>9.0f}%",
             flush=True,
         )
     return 0
