@@ -1,7 +1,10 @@
 """Apply: received changes become records, in order, whatever order they came in."""
 
+from io import StringIO
+
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 from django.contrib.auth import get_user_model
 from study.models import (
     Household,
@@ -177,6 +180,28 @@ def test_delete_of_a_household_with_members_fails_with_a_reason(remote):
     assert row.status == IncomingStatus.FAILED
     assert row.detail == "cannot delete: still used by 1 household member record(s)"
     assert row in problems()["incoming"]
+
+
+def test_failed_delete_applies_on_retry_once_what_blocked_it_is_gone(remote):
+    laptop_a, laptop_b = remote("laptop-a"), remote("laptop-b")
+    home = household("laptop-a")
+    person = member(home)
+    deliver(laptop_a.save(home))
+    deliver(laptop_b.save(person))
+    history, delete = laptop_a.save(home, "delete")
+    deliver([history, delete])
+
+    deliver(laptop_b.save(person, "delete"))
+    output = StringIO()
+    call_command("sync", "retry", stdout=output)
+
+    assert output.getvalue().strip() == "1 applied, 0 parked, 0 conflicts, 0 failed"
+    assert not Household.objects.filter(pk=home.pk).exists()
+    row = IncomingTransaction.objects.get(id=delete.id)
+    assert (row.status, row.detail) == (IncomingStatus.APPLIED, "")
+    assert row.applied_at is not None
+    assert problems()["incoming"] == []
+    assert RecordVersion.objects.get(record_id=home.pk).deleted
 
 
 # -- between two nodes: capture on this node, apply on its peer ---------------
