@@ -4,8 +4,8 @@ from io import StringIO
 
 import pytest
 from django.conf import settings
-from django.core.management import call_command
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from study.models import (
     Household,
     HouseholdMember,
