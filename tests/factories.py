@@ -155,8 +155,12 @@ class RemoteProducer:
         *,
         hlc: int | None = None,
         base_version: uuid.UUID | None | type = dataclasses.MISSING,
+        payload: dict | None = None,
     ) -> envelope.Envelope:
-        """Return one signed envelope of ``instance``, next in this node's sequence."""
+        """Return one signed envelope of ``instance``, next in this node's sequence.
+
+        ``payload`` replaces the record's own, as a faulty producer might.
+        """
         synced = site_models.get_for_model(type(instance))
         self.sequence += 1
         self.clock = hlc if hlc is not None else _tick(self.clock)
@@ -173,7 +177,7 @@ class RemoteProducer:
             hlc=self.clock,
             base_version=base_version,
             schema_version=str(settings.SYNC_SCHEMA_VERSION),
-            payload=serialize(synced, instance),
+            payload=serialize(synced, instance) if payload is None else payload,
             signing_key=self.key,
         )
         if not synced.append_only:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F, ProtectedError, RestrictedError
 from django.db.models.deletion import Collector
@@ -228,11 +229,14 @@ class _Chunk:
         payloads = {}
         for row in rows:
             try:
-                payloads[row.id] = envelope.open_payload(
-                    envelope.Envelope.from_row(row)
-                )
+                payload = envelope.open_payload(envelope.Envelope.from_row(row))
             except EnvelopeInvalid as exc:
                 self._fail(row, exc.reason)
+                continue
+            if isinstance(payload, dict) and isinstance(payload.get("fields"), dict):
+                payloads[row.id] = payload
+            else:
+                self._fail(row, f"payload of {row.model} has no 'fields' object")
         return payloads
 
     def _load(self, rows, payloads) -> None:
@@ -265,7 +269,13 @@ class _Chunk:
             for field in _fields(synced):
                 link = payload["fields"].get(field.name)
                 if field.is_relation and link and field.related_model in site_models:
-                    wanted[field.related_model].add(link["pk"])
+                    try:
+                        wanted[field.related_model].add(
+                            _linked_pk(field.related_model, link)
+                        )
+                    except _Unusable:
+                        pass  # building the record names the fault
+
         for model, pks in wanted.items():
             label = model._meta.label_lower
             found = model._base_manager.using(self.using).filter(
@@ -293,6 +303,9 @@ class _Chunk:
             return
         except (_Unusable, ValueError, TypeError, KeyError) as exc:
             self._fail(row, f"payload does not fit {row.model}: {exc}")
+            return
+        except ValidationError as exc:
+            self._fail(row, f"payload does not fit {row.model}: {' '.join(exc)}")
             return
         if synced.append_only:
             self.pending[synced.label][row.record_id] = (values, m2m)
@@ -432,18 +445,19 @@ class _Chunk:
             return None
         target = field.related_model
         if synced.append_only:
-            return target._meta.pk.to_python(link["pk"])
+            return _linked_pk(target, link)
         if target in site_models:
-            pk = str(link["pk"])
+            linked = _linked_pk(target, link)
+            pk = str(linked)
             label = target._meta.label_lower
             if row.action != "delete" and pk not in self.present[label]:
-                gone = self.versions.get((label, target._meta.pk.to_python(pk)))
+                gone = self.versions.get((label, linked))
                 if gone is not None and gone.deleted:
                     raise _Unusable(f"it links to {label} {pk}, which was deleted")
                 raise _Waiting(
                     f"record:{label}:{pk}", f"waits for {label} {pk} to arrive"
                 )
-            return target._meta.pk.to_python(pk)
+            return linked
         if "natural_key" in link and hasattr(
             target._default_manager, "get_by_natural_key"
         ):
@@ -460,7 +474,7 @@ class _Chunk:
                     ) from None
                 self.natural[cache_key] = found.pk
             return self.natural[cache_key]
-        return target._meta.pk.to_python(link["pk"])
+        return _linked_pk(target, link)
 
     # -- writing ---------------------------------------------------------------
 
@@ -578,6 +592,18 @@ def _fields(synced: SyncedModel) -> list:
 
 
 _FIELDS: dict[str, list] = {}
+
+
+def _linked_pk(target, link):
+    """Return the key a link names, as ``target`` holds its keys."""
+    if not isinstance(link, dict) or "pk" not in link:
+        raise _Unusable(f"a link to {target._meta.label} must name its 'pk'")
+    try:
+        return target._meta.pk.to_python(link["pk"])
+    except ValidationError:
+        raise _Unusable(
+            f"{str(link['pk'])[:60]!r} is not a key of {target._meta.label}"
+        ) from None
 
 
 def _as_json(payload: dict) -> dict:

@@ -22,7 +22,9 @@ from sync.models import (
     RecordVersion,
 )
 from sync.receive import receive
+from sync.registry import site_models
 from sync.resolve import reapply_loser
+from sync.serialization import serialize
 from sync.status import problems
 
 from tests.factories import household, household_tree, member, outbox_envelopes
@@ -202,6 +204,54 @@ def test_failed_delete_applies_on_retry_once_what_blocked_it_is_gone(remote):
     assert row.applied_at is not None
     assert problems()["incoming"] == []
     assert RecordVersion.objects.get(record_id=home.pk).deleted
+
+
+@pytest.mark.parametrize(
+    "link", ["not-a-link", {"pk": "not-a-uuid"}, {"key": "no pk"}, ["a", "list"]]
+)
+def test_a_signed_payload_with_a_malformed_link_fails_alone_with_a_reason(remote, link):
+    laptop = remote("laptop-a")
+    home = household("laptop-a")
+    person = member(home)
+    broken = serialize(site_models.get_for_model(HouseholdMember), person)
+    broken["fields"]["household"] = link
+    envelopes = laptop.save(home) + [laptop.seal(person, "insert", payload=broken)]
+
+    report = deliver(envelopes)
+
+    assert (report.applied, report.failed) == (2, 1)
+    assert Household.objects.filter(pk=home.pk).exists()
+    row = IncomingTransaction.objects.get(id=envelopes[-1].id)
+    assert row.status == IncomingStatus.FAILED
+    assert row.detail.startswith("payload does not fit study.householdmember: ")
+    assert row in problems()["incoming"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "says"),
+    [
+        ({"no": "fields"}, "payload of study.household has no 'fields' object"),
+        (["a", "list"], "payload of study.household has no 'fields' object"),
+        (
+            {"fields": {"report_datetime": "yesterday"}},
+            "payload does not fit study.household: ",
+        ),
+    ],
+)
+def test_a_signed_payload_of_the_wrong_shape_fails_alone_with_a_reason(
+    remote, payload, says
+):
+    laptop = remote("laptop-a")
+    good, bad = household("laptop-a"), household("laptop-a")
+    envelopes = laptop.save(good) + [laptop.seal(bad, "insert", payload=payload)]
+
+    report = deliver(envelopes)
+
+    assert (report.applied, report.failed) == (2, 1)
+    assert Household.objects.filter(pk=good.pk).exists()
+    row = IncomingTransaction.objects.get(id=envelopes[-1].id)
+    assert row.status == IncomingStatus.FAILED
+    assert row.detail.startswith(says), row.detail
 
 
 # -- between two nodes: capture on this node, apply on its peer ---------------
