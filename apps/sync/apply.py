@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import DatabaseError, DataError, IntegrityError, connections, transaction
 from django.db.models import F, ProtectedError, RestrictedError
 from django.db.models.deletion import Collector
 from django.utils import timezone
@@ -165,13 +165,59 @@ def _run(clock, using: str, rows: list[_Pending]) -> ApplyReport:
     """Apply ``rows``, then every parked transaction whose wait is over."""
     report = ApplyReport()
     for _ in range(MAX_UNPARK_ROUNDS):
-        chunk = _Chunk(clock, using)
-        report += chunk.run(sorted(rows, key=_order))
-        rows = _ready(chunk.arrived, using)
+        arrived = _apply_rows(clock, using, sorted(rows, key=_order), report)
+        rows = _ready(arrived, using)
         if not rows:
             break
         log.info("retrying %d parked transactions", len(rows))
     return report
+
+
+def _apply_rows(clock, using: str, rows: list[_Pending], report) -> set[str]:
+    """Apply ``rows`` together; add to ``report``; return what arrived.
+
+    If the database refuses the writes (a value too long for its column, a
+    second record with a key that must be unique), the rows are applied
+    again one at a time, so that only the ones it refuses fail.
+    """
+    chunk = _Chunk(clock, using)
+    try:
+        with transaction.atomic(using=using):
+            chunk.run(rows)
+            _check_deferred(using)
+    except (IntegrityError, DataError) as exc:
+        log.warning(
+            "the database refused a chunk (%s); applying it row by row",
+            _database_says(exc),
+        )
+    else:
+        report += chunk.report
+        return chunk.arrived
+    arrived, blocked = set(), {}
+    for row in rows:
+        single = _Chunk(clock, using, blocked)
+        try:
+            with transaction.atomic(using=using):
+                single.run([row])
+                _check_deferred(using)
+        except (IntegrityError, DataError) as exc:
+            single = _Chunk(clock, using, blocked)
+            single.refused(row, exc)
+        report += single.report
+        arrived |= single.arrived
+    return arrived
+
+
+def _database_says(exc: DatabaseError) -> str:
+    """Return the database's message on one line (PostgreSQL adds DETAIL lines)."""
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
+def _check_deferred(using: str) -> None:
+    """Check the constraints PostgreSQL would otherwise check at commit."""
+    connection = connections[using]
+    if connection.vendor == "postgresql":
+        connection.check_constraints()
 
 
 def _ready(arrived: set[str], using: str) -> list[_Pending]:
@@ -196,14 +242,15 @@ def _ready(arrived: set[str], using: str) -> list[_Pending]:
 class _Chunk:
     """One atomic pass over a list of incoming transactions."""
 
-    def __init__(self, clock, using: str):
+    def __init__(self, clock, using: str, blocked: dict | None = None):
         self.clock = clock
         self.using = using
         self.report = ApplyReport()
         self.now = timezone.now()
         self.versions: dict[tuple, _Version] = {}
         self.changed_versions: dict[tuple, _Version] = {}
-        self.blocked: dict[tuple, str] = {}
+        # Records whose earlier change did not apply: later ones wait.
+        self.blocked: dict[tuple, str] = {} if blocked is None else blocked
         self.present: dict[str, set] = defaultdict(set)
         self.pending: dict[str, dict] = defaultdict(
             dict
@@ -538,6 +585,11 @@ class _Chunk:
         self.blocked[(row.model, row.record_id)] = f"tx:{row.id}"
         self.report.failed += 1
         log.warning("could not apply %s#%s: %s", row.producer, row.sequence, reason)
+
+    def refused(self, row, exc: DatabaseError) -> None:
+        """Record that the database refused ``row``'s write, and why."""
+        self._fail(row, f"the database refused it: {_database_says(exc)}")
+        self._save_outcomes([row])
 
     def _set(self, row, status, waiting_for: str = "", detail: str = "") -> None:
         row.status = status

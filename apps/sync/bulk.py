@@ -133,7 +133,11 @@ def copy(connection, table: str, columns: list[str], rows: list, conflict: str):
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} ON COMMIT DELETE ROWS "
             f"AS SELECT {names} FROM {quote(table)} WITH NO DATA"
         )
-        with cursor.cursor.copy(f"COPY {staging} ({names}) FROM STDIN") as stream:
+        # The driver's own COPY: its errors become Django's, as a query's do.
+        with (
+            connection.wrap_database_errors,
+            cursor.cursor.copy(f"COPY {staging} ({names}) FROM STDIN") as stream,
+        ):
             for row in rows:
                 stream.write_row(row)
         # Emptied as it is moved: cheaper than a TRUNCATE, which makes a new

@@ -254,6 +254,49 @@ def test_a_signed_payload_of_the_wrong_shape_fails_alone_with_a_reason(
     assert row.detail.startswith(says), row.detail
 
 
+def test_a_record_that_breaks_a_rule_of_the_database_fails_alone(remote):
+    # A laptop restored from an old backup hands out an identifier again.
+    laptop = remote("laptop-a")
+    first = household("laptop-a", household_identifier="HH-LAPTOPA-00001-X")
+    deliver(laptop.save(first))
+    again = household("laptop-a", household_identifier="HH-LAPTOPA-00001-X")
+    other = household("laptop-a")
+    history, copy = laptop.save(again)
+    envelopes = [history, copy, *laptop.save(other), *laptop.save(member(other))]
+
+    report = deliver(envelopes)
+
+    assert (report.applied, report.failed) == (5, 1)
+    assert Household.objects.filter(pk=other.pk).exists()
+    assert HouseholdMember.objects.filter(household=other.pk).exists()
+    assert not Household.objects.filter(pk=again.pk).exists()
+    row = IncomingTransaction.objects.get(id=copy.id)
+    assert row.status == IncomingStatus.FAILED
+    assert row.detail.startswith("the database refused it: "), row.detail
+    assert "household_identifier" in row.detail, row.detail
+    assert row in problems()["incoming"]
+    assert not RecordVersion.objects.filter(record_id=again.pk).exists()
+    # A later edit of the refused record waits for it, and says so.
+    again.household_identifier = "HH-LAPTOPA-00099-X"
+    history_of_edit, edit = laptop.save(again, "update")
+    deliver([history_of_edit, edit])
+    assert status_of(edit) == IncomingStatus.PARKED
+
+
+@pytest.mark.postgres
+def test_a_value_too_long_for_its_column_fails_alone(remote):
+    laptop = remote("laptop-a")
+    long_name = household("laptop-a", village="V" * 80)
+    envelopes = laptop.save(long_name) + laptop.save(household("laptop-a"))
+
+    report = deliver(envelopes)
+
+    # The record and its history row are both refused.
+    assert (report.applied, report.failed) == (2, 2)
+    row = IncomingTransaction.objects.get(id=envelopes[1].id)
+    assert row.detail.startswith("the database refused it: "), row.detail
+
+
 # -- between two nodes: capture on this node, apply on its peer ---------------
 
 TWO_NODES = pytest.mark.django_db(databases=["default", "peer"])
