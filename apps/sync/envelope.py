@@ -34,6 +34,8 @@ ACTIONS = ("insert", "update", "delete")
 NONCE_BYTES = 12
 # Sequences and clocks are stored as 64-bit signed integers (BigIntegerField).
 MAX_INTEGER = 2**63 - 1
+# The longest text each header field may have: its column's length.
+LONGEST = {"producer": 64, "model": 100, "schema_version": 20, "key_id": 32}
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +111,9 @@ class Envelope:
         try:
             return cls(
                 id=uuid.UUID(_typed(data, "id", str)),
-                producer=_typed(data, "producer", str),
+                producer=_text(data, "producer"),
                 sequence=_positive(data, "sequence"),
-                model=_typed(data, "model", str),
+                model=_text(data, "model"),
                 record_id=uuid.UUID(_typed(data, "record_id", str)),
                 action=_choice(data, "action", ACTIONS),
                 hlc=_positive(data, "hlc"),
@@ -120,8 +122,8 @@ class Envelope:
                     if data.get("base_version") is not None
                     else None
                 ),
-                schema_version=_typed(data, "schema_version", str),
-                key_id=_typed(data, "key_id", str),
+                schema_version=_text(data, "schema_version"),
+                key_id=_text(data, "key_id"),
                 nonce=base64.b64decode(_typed(data, "nonce", str), validate=True),
                 ciphertext=base64.b64decode(
                     _typed(data, "ciphertext", str), validate=True
@@ -305,6 +307,15 @@ def _typed(data: dict, name: str, kind: type):
         raise EnvelopeInvalid(
             f"field '{name}' must be {kind.__name__}, got {type(value).__name__}",
             "bad_shape",
+        )
+    return value
+
+
+def _text(data: dict, name: str) -> str:
+    value = _typed(data, name, str)
+    if not 0 < len(value) <= LONGEST[name]:
+        raise EnvelopeInvalid(
+            f"field '{name}' must have 1 to {LONGEST[name]} characters", "bad_shape"
         )
     return value
 

@@ -5,6 +5,8 @@ import uuid
 from django.db import models
 from django.utils import timezone
 
+from .envelope import LONGEST
+
 
 class ProducerClock(models.Model):
     """The last sequence number and clock value this node handed out.
@@ -26,15 +28,15 @@ class EnvelopeFields(models.Model):
     """The columns of an envelope, kept exactly as signed."""
 
     id = models.UUIDField(primary_key=True, editable=False)
-    producer = models.CharField(max_length=64)
+    producer = models.CharField(max_length=LONGEST["producer"])
     sequence = models.BigIntegerField()
-    model = models.CharField(max_length=100)
+    model = models.CharField(max_length=LONGEST["model"])
     record_id = models.UUIDField()
     action = models.CharField(max_length=6)
     hlc = models.BigIntegerField()
     base_version = models.UUIDField(null=True, blank=True)
-    schema_version = models.CharField(max_length=20)
-    key_id = models.CharField(max_length=32)
+    schema_version = models.CharField(max_length=LONGEST["schema_version"])
+    key_id = models.CharField(max_length=LONGEST["key_id"])
     nonce = models.BinaryField()
     ciphertext = models.BinaryField()
     signature = models.BinaryField()

@@ -268,6 +268,8 @@ MALFORMED = {
     ),
     "record-id-not-a-uuid": (lambda e: _with(e, record_id="nope"), False, 400),
     "unknown-action": (lambda e: _with(e, action="upsert"), False, 400),
+    "model-too-long": (lambda e: _with(e, model="study." + "x" * 200), False, 400),
+    "empty-key-id": (lambda e: _with(e, key_id=""), False, 400),
     "signature-not-base64": (lambda e: _with(e, signature="%%%"), False, 400),
     "oversized": (lambda e: _with(e, pad="x" * 40000), False, 413),
     "oversized-once-inflated": (lambda e: _with(e, pad="x" * 40000), True, 413),
