@@ -13,6 +13,9 @@ Also provides ``among``, a filter on a long list of values that PostgreSQL
 gets as one array parameter rather than a placeholder per value.
 """
 
+import datetime
+import uuid
+
 from django.db import connections, models
 from django.db.models import Lookup, Q
 
@@ -67,12 +70,15 @@ def write_values(
         return
     connection = connections[using]
     fields = _columns(model)
+    plain = [_plain_type(field) for field in fields]
     prepared = []
     for row in rows:
         values = []
-        for field in fields:
+        for field, kind in zip(fields, plain, strict=True):
             value = row[field.attname] if field.attname in row else field.get_default()
-            values.append(field.get_db_prep_save(value, connection))
+            if value is None or type(value) is not kind:
+                value = field.get_db_prep_save(value, connection)
+            values.append(value)
         prepared.append(values)
     quote = connection.ops.quote_name
     meta = model._meta
@@ -91,6 +97,30 @@ def write_values(
         prepared,
         f"ON CONFLICT ({target}) {on_conflict}",
     )
+
+
+# Fields whose value, when it already has this exact Python type, goes to
+# PostgreSQL as it is: their preparation would return it unchanged. A value
+# of any other type (a naive time, a number as text) is prepared as usual.
+_PLAIN_TYPES = {
+    models.UUIDField: uuid.UUID,
+    models.CharField: str,
+    models.TextField: str,
+    models.IntegerField: int,
+    models.BigIntegerField: int,
+    models.PositiveIntegerField: int,
+    models.PositiveSmallIntegerField: int,
+    models.SmallIntegerField: int,
+    models.BooleanField: bool,
+    models.DateField: datetime.date,
+}
+
+
+def _plain_type(field: models.Field) -> type | None:
+    """Return the Python type ``field`` passes through unprepared, if any."""
+    if field.is_relation:
+        field = field.target_field
+    return _PLAIN_TYPES.get(type(field))
 
 
 def _copies(using: str) -> bool:

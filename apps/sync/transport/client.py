@@ -11,6 +11,7 @@ import gzip
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import requests
@@ -193,17 +194,19 @@ def _push_producer(upstream, producer, source, size, progress, summary) -> None:
         return
     log.info("pushing %d of %s's transactions to %s", total, producer, holder)
     label = f"{producer} to {holder}"
-    with tqdm(total=total, unit="tx", disable=not progress, desc=label) as bar:
-        while True:
-            chunk = [
-                Envelope.from_columns(values)
-                for values in source.filter(sequence__gt=through)
-                .order_by("sequence")
-                .values_list(*COLUMNS)[:size]
-            ]
-            if not chunk:
-                break
-            answer = _send(upstream, chunk)
+    # While one chunk is on the wire and being applied upstream, the next is
+    # read and encoded here; only the HTTP call leaves this thread, so the
+    # database is used from one thread only. A chunk read ahead of a failed
+    # one is dropped: nothing is marked sent until upstream acknowledges it.
+    with (
+        tqdm(total=total, unit="tx", disable=not progress, desc=label) as bar,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="push") as wire,
+    ):
+        chunk = _read_chunk(source, through, size)
+        while chunk:
+            answer = wire.submit(_send, upstream, _encode(chunk))
+            upcoming = _read_chunk(source, chunk[-1].sequence, size)
+            answer = answer.result()
             acknowledged = answer["acknowledged"].get(producer, through)
             record_acknowledgement(answer["node"], producer, acknowledged, exact=True)
             _record_hearsay(answer.get("acknowledgements", []), producer)
@@ -222,6 +225,17 @@ def _push_producer(upstream, producer, source, size, progress, summary) -> None:
                 )
             through = acknowledged
             _note_acknowledged(summary, producer, through)
+            chunk = upcoming
+
+
+def _read_chunk(source, after: int, size: int) -> list[Envelope]:
+    """Return up to ``size`` of ``source``'s envelopes following ``after``."""
+    return [
+        Envelope.from_columns(values)
+        for values in source.filter(sequence__gt=after)
+        .order_by("sequence")
+        .values_list(*COLUMNS)[:size]
+    ]
 
 
 def _note_acknowledged(summary: PushSummary, producer: str, through: int) -> None:
@@ -344,12 +358,16 @@ def pull(
     return summary
 
 
-def _send(upstream: Upstream, chunk: list) -> dict:
+def _encode(chunk: list[Envelope]) -> bytes:
+    """Return the gzip-compressed JSON body that pushes ``chunk``."""
     body = {
         "schema_version": settings.SYNC_SCHEMA_VERSION,
         "envelopes": [item.to_wire() for item in chunk],
     }
-    data = gzip.compress(json.dumps(body, separators=(",", ":")).encode(), 5)
+    return gzip.compress(json.dumps(body, separators=(",", ":")).encode(), 5)
+
+
+def _send(upstream: Upstream, data: bytes) -> dict:
     return upstream.call(
         "POST",
         "/push/",
