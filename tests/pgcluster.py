@@ -23,7 +23,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 ROLE_NAME = "collect"
 SERVER_USER = "postgres"
@@ -103,11 +107,23 @@ def find_bin_dir() -> Path:
     )
 
 
+def server_settings() -> list[str]:
+    """Return the ``-c name=value`` options the deployed database runs with."""
+    stack = yaml.safe_load((ROOT / "compose" / "postgres.yml").read_text())
+    options = stack["services"]["db"]["command"][1:]
+    return [
+        f"{flag} {value}"
+        for flag, value in zip(options[::2], options[1::2], strict=True)
+    ]
+
+
 def start_cluster(databases: list[str] | int = 1, durable: bool = False) -> Cluster:
     """Start a cluster and create ``databases`` (names, or how many).
 
-    A cluster that fails to start is stopped and removed before the error is
-    raised; the error carries the server's log.
+    A ``durable`` cluster keeps every commit, as a deployed server does, and
+    runs with the deployed database's settings; otherwise durability is
+    traded for speed. A cluster that fails to start is stopped and removed
+    before the error is raised; the error carries the server's log.
     """
     if isinstance(databases, int):
         databases = [f"collect_{n}" for n in range(1, databases + 1)]
@@ -134,7 +150,7 @@ def start_cluster(databases: list[str] | int = 1, durable: bool = False) -> Clus
         options = (
             f"-p {cluster.port} -k {directory} -c listen_addresses=127.0.0.1 "
             + (
-                ""
+                " ".join(server_settings()) + " "
                 if durable
                 else "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
             )
