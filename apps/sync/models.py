@@ -150,8 +150,9 @@ class RecordVersion(models.Model):
 
     class Meta:
         constraints = [
+            # Record first: apply looks versions up by record alone.
             models.UniqueConstraint(
-                fields=["model", "record_id"], name="one_version_per_record"
+                fields=["record_id", "model"], name="one_version_per_record"
             )
         ]
 

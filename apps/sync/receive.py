@@ -69,12 +69,7 @@ def receive(
 
 
 def _store(producer, envelopes, delivered_by, receipt, using) -> None:
-    held = dict(
-        IncomingTransaction.objects.using(using)
-        .filter(producer=producer)
-        .filter(bulk.among("sequence", [e.sequence for e in envelopes], using))
-        .values_list("sequence", "id")
-    )
+    held = _held(producer, [e.sequence for e in envelopes], using)
     fresh = {}
     for item in envelopes:
         if item.sequence not in held and item.sequence not in fresh:
@@ -100,6 +95,26 @@ def _store(producer, envelopes, delivered_by, receipt, using) -> None:
     receipt.stored += len(fresh)
     state = advance(producer, using)
     receipt.acknowledged[producer] = state.contiguous
+
+
+def _held(producer: str, sequences: list[int], using: str) -> dict:
+    """Return the id of each of ``sequences`` that is held already."""
+    if not sequences:
+        return {}
+    rows = IncomingTransaction.objects.using(using).filter(producer=producer)
+    low, high = min(sequences), max(sequences)
+    if high - low < 2 * len(sequences):
+        # A chunk is a run of sequences: one range of the key to read,
+        # rather than a lookup per number.
+        rows = rows.filter(sequence__range=(low, high))
+    else:
+        rows = rows.filter(bulk.among("sequence", sequences, using))
+    wanted = set(sequences)
+    return {
+        sequence: tx_id
+        for sequence, tx_id in rows.values_list("sequence", "id")
+        if sequence in wanted
+    }
 
 
 def advance(producer: str, using: str = "default") -> ProducerState:

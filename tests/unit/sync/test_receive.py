@@ -49,6 +49,18 @@ def test_same_batch_delivered_twice_in_one_push_is_stored_once(remote):
     assert Household.objects.count() == 1
 
 
+@pytest.mark.parametrize("picked", [[0, 2], [0, 5], [5, 1]])
+def test_scattered_redelivery_is_recognised_as_held(remote, picked):
+    laptop = remote("laptop-a")
+    envelopes = [e for _ in range(3) for e in laptop.save(household("laptop-a"))]
+    receive(envelopes, delivered_by="laptop-a")
+
+    again = receive([envelopes[i] for i in picked], delivered_by="middleman-1")
+
+    assert (again.stored, again.duplicates, again.rejected) == (0, 2, [])
+    assert IncomingTransaction.objects.count() == 6
+
+
 def test_reused_sequence_number_with_other_content_is_rejected(remote):
     laptop = remote("laptop-a")
     receive(laptop.save(household("laptop-a")), delivered_by="laptop-a")
