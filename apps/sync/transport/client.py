@@ -202,11 +202,11 @@ def _push_producer(upstream, producer, source, size, progress, summary) -> None:
         tqdm(total=total, unit="tx", disable=not progress, desc=label) as bar,
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="push") as wire,
     ):
-        chunk = _read_chunk(source, through, size)
+        chunk, body = _prepare(source, through, size)
         while chunk:
-            answer = wire.submit(_send, upstream, _encode(chunk))
-            upcoming = _read_chunk(source, chunk[-1].sequence, size)
-            answer = answer.result()
+            sending = wire.submit(_send, upstream, body)
+            upcoming, body = _prepare(source, chunk[-1].sequence, size)
+            answer = sending.result()
             acknowledged = answer["acknowledged"].get(producer, through)
             record_acknowledgement(answer["node"], producer, acknowledged, exact=True)
             _record_hearsay(answer.get("acknowledgements", []), producer)
@@ -228,14 +228,18 @@ def _push_producer(upstream, producer, source, size, progress, summary) -> None:
             chunk = upcoming
 
 
-def _read_chunk(source, after: int, size: int) -> list[Envelope]:
-    """Return up to ``size`` of ``source``'s envelopes following ``after``."""
-    return [
+def _prepare(source, after: int, size: int) -> tuple[list[Envelope], bytes]:
+    """Read the next ``size`` envelopes after ``after``; return them and their body.
+
+    The body is empty when nothing is left to send.
+    """
+    chunk = [
         Envelope.from_columns(values)
         for values in source.filter(sequence__gt=after)
         .order_by("sequence")
         .values_list(*COLUMNS)[:size]
     ]
+    return chunk, _encode(chunk) if chunk else b""
 
 
 def _note_acknowledged(summary: PushSummary, producer: str, through: int) -> None:
