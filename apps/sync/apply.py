@@ -90,6 +90,26 @@ def apply_pending(max_chunks: int | None = None, using: str = "default") -> Appl
     return report
 
 
+def apply_delivered(marks: dict[str, int], using: str = "default") -> ApplyReport:
+    """Apply one chunk after a delivery, and a second if the delivery needs it.
+
+    ``marks`` says how far the delivery left each producer held. Normally one
+    chunk applies what it brought. When a pusher's two chunks arrive out of
+    order, the later one is stored first, behind a gap, and its delivery can
+    apply nothing; the earlier one's delivery then closes the gap and applies
+    both, so nothing is left waiting for the next delivery.
+    """
+    report = apply_pending(max_chunks=1, using=using)
+    applied = dict(
+        ProducerState.objects.using(using)
+        .filter(producer__in=list(marks))
+        .values_list("producer", "processed_through")
+    )
+    if any(applied.get(producer, 0) < mark for producer, mark in marks.items()):
+        report += apply_pending(max_chunks=1, using=using)
+    return report
+
+
 def retry(rows: list[IncomingTransaction], using: str = "default") -> ApplyReport:
     """Apply failed or parked transactions again, in producer order."""
     with transaction.atomic(using=using):

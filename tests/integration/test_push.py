@@ -171,6 +171,30 @@ def test_duplicate_chunk_is_acknowledged_not_stored_again(
     assert table_counts(community) == before
 
 
+def test_chunk_that_overtakes_the_one_before_is_applied_with_it(
+    start_community, deployment
+):
+    # A push keeps two chunks on the wire, so the later can be stored first.
+    community = start_community(SYNC_CHUNK_SIZE="20")
+    envelopes = deployment.laptop().wire_envelopes(limit=40)
+    credential = deployment.credential(LAPTOP)
+
+    ahead = community.post(
+        {"schema_version": 1, "envelopes": envelopes[20:]}, credential
+    ).json()
+    behind = community.post(
+        {"schema_version": 1, "envelopes": envelopes[:20]}, credential
+    ).json()
+
+    assert (ahead["stored"], ahead["acknowledged"]) == (20, {LAPTOP: 0})
+    assert sum(ahead["applied"].values()) == 0
+    assert (behind["stored"], behind["acknowledged"]) == (20, {LAPTOP: 40})
+    assert behind["applied"]["applied"] == 40
+    assert community.rows(
+        "SELECT status, count(*) FROM sync_incomingtransaction GROUP BY status"
+    ) == [("applied", 40)]
+
+
 @pytest.fixture(scope="module")
 def guarded_community(deployment):
     """Return a server taking bodies of at most 32 KiB, and five of laptop-01's

@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from ..acknowledgements import record_acknowledgement
-from ..apply import ApplyReport, apply_pending
+from ..apply import ApplyReport, apply_delivered
 from ..envelope import Envelope, is_whole_number
 from ..errors import EnvelopeInvalid
 from ..models import Acknowledgement, Node, OutgoingTransaction, ProducerState
@@ -165,7 +165,7 @@ _push_response = inline_serializer(
 
 
 class PushView(NodeAPIView):
-    """Store a chunk of envelopes, acknowledge it, and apply one chunk."""
+    """Store a chunk of envelopes, acknowledge it, and apply it."""
 
     @extend_schema(
         request=_push_request,
@@ -213,7 +213,7 @@ class PushView(NodeAPIView):
             )
         receipt = receive(envelopes, delivered_by=node.node_id)
         try:
-            report = apply_pending(max_chunks=1)
+            report = apply_delivered(receipt.acknowledged)
         except Exception:
             # Stored is stored: the chunk is acknowledged and the apply
             # worker (sync apply) takes it up again.

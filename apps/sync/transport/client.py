@@ -10,7 +10,9 @@ message, and the data stays in the outbox.
 import gzip
 import json
 import logging
+import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -34,6 +36,8 @@ from ..receive import receive
 log = logging.getLogger(__name__)
 
 API = "/api/sync/v1"
+# Chunks a push has on the wire at once.
+IN_FLIGHT = 2
 RELAY_ROLES = ("middleman", "community")
 
 
@@ -86,8 +90,8 @@ class Upstream:
                 "a middleman pulling from laptops), or the *_FILE variant, to the "
                 "token printed when this node was registered there."
             )
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Node {settings.SYNC_NODE_ID}:{token}"
+        self.authorization = f"Node {settings.SYNC_NODE_ID}:{token}"
+        self._local = threading.local()  # a session per thread: push sends two
         # The deployment's CA, and only it, vouches for the upstream: requests
         # would otherwise let REQUESTS_CA_BUNDLE in the environment win.
         self.verify = settings.SYNC_UPSTREAM_CA_FILE or True
@@ -99,6 +103,14 @@ class Upstream:
             before_sleep=self._log_retry,
             reraise=True,
         )
+
+    @property
+    def session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.headers["Authorization"] = self.authorization
+        return session
 
     def call(self, method: str, path: str, **kwargs) -> dict:
         """Make one API call, retrying transient failures; return its JSON."""
@@ -194,38 +206,48 @@ def _push_producer(upstream, producer, source, size, progress, summary) -> None:
         return
     log.info("pushing %d of %s's transactions to %s", total, producer, holder)
     label = f"{producer} to {holder}"
-    # While one chunk is on the wire and being applied upstream, the next is
-    # read and encoded here; only the HTTP call leaves this thread, so the
-    # database is used from one thread only. A chunk read ahead of a failed
-    # one is dropped: nothing is marked sent until upstream acknowledges it.
+    # Two chunks are on the wire at once: upstream stores one while it
+    # applies the other, and the next is read and encoded here meanwhile.
+    # Only HTTP calls leave this thread, so the database is used from one
+    # thread. Answers are taken in order; chunks sent after a failed one are
+    # harmless (upstream holds them, and a push resends what it does not
+    # acknowledge).
     with (
         tqdm(total=total, unit="tx", disable=not progress, desc=label) as bar,
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="push") as wire,
+        ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="push") as wire,
     ):
-        chunk, body = _prepare(source, through, size)
-        while chunk:
-            sending = wire.submit(_send, upstream, body)
-            upcoming, body = _prepare(source, chunk[-1].sequence, size)
+        on_the_wire = deque()
+        after = through
+        while True:
+            while len(on_the_wire) < IN_FLIGHT:
+                chunk, body = _prepare(source, after, size)
+                if not chunk:
+                    break
+                on_the_wire.append((chunk, wire.submit(_send, upstream, body)))
+                after = chunk[-1].sequence
+            if not on_the_wire:
+                break
+            chunk, sending = on_the_wire.popleft()
             answer = sending.result()
-            acknowledged = answer["acknowledged"].get(producer, through)
-            record_acknowledgement(answer["node"], producer, acknowledged, exact=True)
+            # A later chunk stored first is acknowledged by the earlier one's
+            # answer, which can then come with a higher mark than its own.
+            through = max(through, answer["acknowledged"].get(producer, through))
+            record_acknowledgement(answer["node"], producer, through, exact=True)
             _record_hearsay(answer.get("acknowledgements", []), producer)
             summary.sent += len(chunk)
             for key in ("applied", "parked", "conflicts", "failed"):
                 setattr(summary, key, getattr(summary, key) + answer["applied"][key])
             bar.update(len(chunk))
-            if acknowledged < chunk[-1].sequence:
+            if through < chunk[-1].sequence:
                 reasons = "; ".join(
                     f"#{r['sequence']}: {r['detail']}" for r in answer["rejected"]
                 )
                 raise PushFailed(
                     f"{holder} acknowledged {producer}'s transactions only through "
-                    f"#{acknowledged} of a chunk ending at #{chunk[-1].sequence}: "
+                    f"#{through} of a chunk ending at #{chunk[-1].sequence}: "
                     f"{reasons or 'it holds a gap before them'}"
                 )
-            through = acknowledged
             _note_acknowledged(summary, producer, through)
-            chunk = upcoming
 
 
 def _prepare(source, after: int, size: int) -> tuple[list[Envelope], bytes]:
