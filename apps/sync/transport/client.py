@@ -91,7 +91,7 @@ class Upstream:
                 "token printed when this node was registered there."
             )
         self.authorization = f"Node {settings.SYNC_NODE_ID}:{token}"
-        self._local = threading.local()  # a session per thread: push sends two
+        self._local = threading.local()
         # The deployment's CA, and only it, vouches for the upstream: requests
         # would otherwise let REQUESTS_CA_BUNDLE in the environment win.
         self.verify = settings.SYNC_UPSTREAM_CA_FILE or True
@@ -106,6 +106,7 @@ class Upstream:
 
     @property
     def session(self) -> requests.Session:
+        """Return this thread's session: a push sends from two threads."""
         session = getattr(self._local, "session", None)
         if session is None:
             session = self._local.session = requests.Session()
