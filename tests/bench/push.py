@@ -3,10 +3,10 @@
 Both nodes run as real processes on PostgreSQL (a throwaway local cluster,
 durable, with the deployed database's settings from compose/postgres.yml):
 the laptop's ``sync push`` against gunicorn with two workers on 127.0.0.1.
-Prints transactions applied per second end to end,
-the peak resident memory of the pushing process and of each server process,
-and how busy the machine's cores were meanwhile (well under 100% means the
-push waits on one step at a time rather than on the processor).
+Prints transactions applied per second end to end, the peak resident memory
+of the pushing process and of each server process, and how busy the
+machine's cores were meanwhile (well under 100% means the push waits on one
+step at a time rather than on the processor).
 
     python -m tests.bench.push 10000 100000
 """
