@@ -111,6 +111,11 @@ TEMPLATES = [
 DATABASES = {
     "default": env.db("DATABASE_URL", default=f"sqlite:///{NODE_DIR / 'db.sqlite3'}")
 }
+# A server keeps its database connection between requests (checked before
+# reuse): a new connection per push chunk is a new PostgreSQL backend, whose
+# start-up and cold caches cost about as much as storing the chunk.
+DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DB_CONN_MAX_AGE", 300))
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"transaction_mode": "IMMEDIATE", "timeout": 30}
