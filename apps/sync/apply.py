@@ -160,16 +160,22 @@ def _apply_next_chunk(using: str) -> ApplyReport | None:
         )
         if producer is None:
             return None
+        # Everything through the contiguous mark is held, so the next chunk
+        # is a range of the sequence (an index walk even when PostgreSQL's
+        # statistics lag behind a large delivery).
+        through = min(
+            producer.contiguous, producer.processed_through + settings.SYNC_CHUNK_SIZE
+        )
         rows = [
             _Pending(*values)
             for values in IncomingTransaction.objects.using(using)
             .filter(
                 producer=producer.producer,
                 sequence__gt=producer.processed_through,
-                sequence__lte=producer.contiguous,
+                sequence__lte=through,
             )
             .order_by("sequence")
-            .values_list(*_Pending.columns)[: settings.SYNC_CHUNK_SIZE]
+            .values_list(*_Pending.columns)
         ]
         report = _run(clock, using, rows)
         producer.processed_through = rows[-1].sequence

@@ -49,6 +49,23 @@ class EnvelopeFields(models.Model):
         return f"{self.producer}#{self.sequence} {self.action} {self.model}"
 
 
+def next_in_sequence(rows: models.QuerySet, after: int, limit: int) -> list:
+    """Return the first ``limit`` of ``rows`` past sequence ``after``, in order.
+
+    Asked as a range of the sequence, (after, after + limit], which is the
+    whole answer when the sequence has no gap there. Asked as "the next
+    ``limit``", PostgreSQL, whose statistics lag behind a large backlog
+    written moments ago, reads and sorts every row left instead of walking
+    the index: each page would cost as much as the whole outbox.
+    """
+    ordered = rows.order_by("sequence")
+    page = list(ordered.filter(sequence__gt=after, sequence__lte=after + limit))
+    if len(page) == limit:
+        return page
+    # The end of the rows, where few are left, or a gap in the range.
+    return list(ordered.filter(sequence__gt=after)[:limit])
+
+
 class OutgoingTransaction(EnvelopeFields):
     """A change made on this node, waiting to be carried upstream."""
 

@@ -25,7 +25,13 @@ from ..acknowledgements import record_acknowledgement
 from ..apply import ApplyReport, apply_delivered
 from ..envelope import Envelope, is_whole_number
 from ..errors import EnvelopeInvalid
-from ..models import Acknowledgement, Node, OutgoingTransaction, ProducerState
+from ..models import (
+    Acknowledgement,
+    Node,
+    OutgoingTransaction,
+    ProducerState,
+    next_in_sequence,
+)
 from ..receive import receive
 from ..tokens import hash_token
 
@@ -366,10 +372,8 @@ class PullView(NodeAPIView):
             if ack["producer"] == me and ack["holder"] not in (me, node.node_id):
                 record_acknowledgement(ack["holder"], me, ack["through"])
         limit = min(limit, settings.SYNC_MAX_CHUNK)
-        rows = list(
-            OutgoingTransaction.objects.filter(
-                producer=me, sequence__gt=after
-            ).order_by("sequence")[: limit + 1]
+        rows = next_in_sequence(
+            OutgoingTransaction.objects.filter(producer=me), after, limit + 1
         )
         handed = rows[:limit]
         log.info(

@@ -30,6 +30,7 @@ from ..models import (
     IncomingTransaction,
     OutgoingTransaction,
     ProducerState,
+    next_in_sequence,
 )
 from ..receive import receive
 
@@ -258,9 +259,7 @@ def _prepare(source, after: int, size: int) -> tuple[list[Envelope], bytes]:
     """
     chunk = [
         Envelope.from_columns(values)
-        for values in source.filter(sequence__gt=after)
-        .order_by("sequence")
-        .values_list(*COLUMNS)[:size]
+        for values in next_in_sequence(source.values_list(*COLUMNS), after, size)
     ]
     return chunk, _encode(chunk) if chunk else b""
 

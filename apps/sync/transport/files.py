@@ -73,6 +73,7 @@ from ..models import (
     OutgoingTransaction,
     ProducerState,
     QuarantinedFile,
+    next_in_sequence,
 )
 from ..receive import receive
 
@@ -307,7 +308,7 @@ def _stream(ranges: list[tuple[str, int, int]]) -> Iterator[Envelope]:
         table = OutgoingTransaction if producer == me else IncomingTransaction
         rows = table.objects.filter(producer=producer, sequence__lte=through)
         while after < through:
-            page = list(rows.filter(sequence__gt=after).order_by("sequence")[:PAGE])
+            page = next_in_sequence(rows, after, PAGE)
             if not page:
                 break
             for row in page:

@@ -8,7 +8,12 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from django.conf import settings
 from study.models import Household, HouseholdMember, SymptomsReview
 from sync.apply import apply_pending
-from sync.models import IncomingStatus, IncomingTransaction, RejectedEnvelope
+from sync.models import (
+    IncomingStatus,
+    IncomingTransaction,
+    RejectedEnvelope,
+    next_in_sequence,
+)
 from sync.receive import receive
 
 from tests.factories import (
@@ -179,3 +184,20 @@ def test_altered_envelope_inside_a_push_is_named_and_the_rest_is_held(peer):
 
     assert HouseholdMember.objects.using("peer").count() == 1
     assert SymptomsReview.objects.using("peer").count() == 1
+
+
+def test_pages_in_sequence_order_step_over_gaps_and_stop_at_the_end(remote):
+    laptop = remote("laptop-a")
+    envelopes = [e for _ in range(6) for e in laptop.save(household("laptop-a"))]
+    # Held: 1-3 and 9-12; 4-8 have not arrived.
+    receive(envelopes[:3] + envelopes[8:], delivered_by="laptop-a")
+    held = IncomingTransaction.objects.filter(producer="laptop-a")
+
+    def sequences(after, limit):
+        return [row.sequence for row in next_in_sequence(held, after, limit)]
+
+    assert sequences(0, 2) == [1, 2]
+    assert sequences(2, 2) == [3, 9]
+    assert sequences(3, 2) == [9, 10]
+    assert sequences(10, 5) == [11, 12]
+    assert sequences(12, 5) == []
