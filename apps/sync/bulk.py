@@ -16,7 +16,7 @@ gets as one array parameter rather than a placeholder per value.
 import datetime
 import uuid
 
-from django.db import connections, models
+from django.db import IntegrityError, connections, models, transaction
 from django.db.models import Lookup, Q
 
 
@@ -156,27 +156,47 @@ def copy(connection, table: str, columns: list[str], rows: list, conflict: str):
     """
     quote = connection.ops.quote_name
     names = ", ".join(quote(c) for c in columns)
-    staging = quote(f"copy_{table}")
+    staging = f"copy_{table}"
     with connection.cursor() as cursor:
         # The columns' types without the table's constraints or defaults.
         cursor.execute(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {staging} ON COMMIT DELETE ROWS "
-            f"AS SELECT {names} FROM {quote(table)} WITH NO DATA"
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote(staging)} ON COMMIT "
+            f"DELETE ROWS AS SELECT {names} FROM {quote(table)} WITH NO DATA"
         )
-        # The driver's own COPY: its errors become Django's, as a query's do.
-        with (
-            connection.wrap_database_errors,
-            cursor.cursor.copy(f"COPY {staging} ({names}) FROM STDIN") as stream,
-        ):
-            for row in rows:
-                stream.write_row(row)
+        _stream(connection, cursor, staging, columns, rows)
         # Emptied as it is moved: cheaper than a TRUNCATE, which makes a new
         # file for the table each time.
         cursor.execute(
-            f"WITH moved AS (DELETE FROM {staging} RETURNING {names}) "
+            f"WITH moved AS (DELETE FROM {quote(staging)} RETURNING {names}) "
             f"INSERT INTO {quote(table)} ({names}) SELECT {names} FROM moved "
             f"{conflict}"
         )
+
+
+def copy_new(connection, table: str, columns: list[str], rows: list) -> None:
+    """COPY ``rows`` into ``table``, skipping any whose key it holds already.
+
+    Usually none is held, and the rows go straight in. If one is (another
+    delivery stored it meanwhile), that COPY fails and is undone, and the
+    rows go through ``copy``, which skips the ones held.
+    """
+    try:
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+            _stream(connection, cursor, table, columns, rows)
+    except IntegrityError:
+        copy(connection, table, columns, rows, "ON CONFLICT DO NOTHING")
+
+
+def _stream(connection, cursor, table: str, columns: list[str], rows: list) -> None:
+    quote = connection.ops.quote_name
+    names = ", ".join(quote(c) for c in columns)
+    # The driver's own COPY: its errors become Django's, as a query's do.
+    with (
+        connection.wrap_database_errors,
+        cursor.cursor.copy(f"COPY {quote(table)} ({names}) FROM STDIN") as stream,
+    ):
+        for row in rows:
+            stream.write_row(row)
 
 
 def among(name: str, values, using: str) -> Q:

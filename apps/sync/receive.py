@@ -168,7 +168,7 @@ def _insert(envelopes: list[envelope.Envelope], delivered_by: str, using: str):
         "applied_at": None,
     }
     columns = [f.column for f in IncomingTransaction._meta.concrete_fields]
-    bulk.copy(
+    bulk.copy_new(
         connection,
         IncomingTransaction._meta.db_table,
         columns,
@@ -176,7 +176,6 @@ def _insert(envelopes: list[envelope.Envelope], delivered_by: str, using: str):
             [values[name] for name in columns]
             for values in ({**_values(item), **fresh} for item in envelopes)
         ],
-        "ON CONFLICT DO NOTHING",
     )
 
 

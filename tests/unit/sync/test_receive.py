@@ -6,6 +6,7 @@ import os
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from django.conf import settings
+from django.db import transaction
 from study.models import Household, HouseholdMember, SymptomsReview
 from sync.apply import apply_pending
 from sync.models import (
@@ -14,7 +15,7 @@ from sync.models import (
     RejectedEnvelope,
     next_in_sequence,
 )
-from sync.receive import receive
+from sync.receive import _insert, receive
 
 from tests.factories import (
     RemoteProducer,
@@ -201,3 +202,20 @@ def test_pages_in_sequence_order_step_over_gaps_and_stop_at_the_end(remote):
     assert sequences(3, 2) == [9, 10]
     assert sequences(10, 5) == [11, 12]
     assert sequences(12, 5) == []
+
+
+@pytest.mark.postgres
+def test_a_delivery_that_races_another_stores_each_envelope_once(remote):
+    laptop = remote("laptop-a")
+    envelopes = [e for _ in range(3) for e in laptop.save(household("laptop-a"))]
+    receive(envelopes[:4], delivered_by="laptop-a")
+
+    # The second delivery looked before the first had stored its envelopes:
+    # its insert meets four that are held now.
+    with transaction.atomic():
+        _insert(envelopes, "middleman-1", "default")
+
+    stored = IncomingTransaction.objects.filter(producer="laptop-a")
+    assert sorted(stored.values_list("sequence", flat=True)) == [1, 2, 3, 4, 5, 6]
+    assert stored.get(sequence=1).delivered_by == "laptop-a"
+    assert stored.get(sequence=6).delivered_by == "middleman-1"
