@@ -56,22 +56,25 @@ class Envelope:
     prev_digest: bytes = b""
 
     def header_bytes(self) -> bytes:
-        """Return the canonical bytes of everything but the payload."""
-        header = {
-            "v": FORMAT,
-            "id": str(self.id),
-            "producer": self.producer,
-            "sequence": self.sequence,
-            "model": self.model,
-            "record_id": str(self.record_id),
-            "action": self.action,
-            "hlc": self.hlc,
-            "base_version": str(self.base_version) if self.base_version else None,
-            "schema_version": self.schema_version,
-            "key_id": self.key_id,
-            "prev": self.prev_digest.hex(),
-        }
-        return json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+        """Return the canonical bytes of everything but the payload.
+
+        That is the header as JSON with sorted keys, no spaces and ASCII
+        escapes, as ``json.dumps(header, sort_keys=True, separators=(",",
+        ":"))`` writes it. It is spelled out here because it is made for
+        every envelope checked, sealed or opened, and building the dict for
+        ``json.dumps`` took as long as decrypting the payload.
+        """
+        base_version = f'"{self.base_version}"' if self.base_version else "null"
+        return (
+            f'{{"action":{_json_text(self.action)},"base_version":{base_version},'
+            f'"hlc":{int(self.hlc)},"id":"{self.id}",'
+            f'"key_id":{_json_text(self.key_id)},"model":{_json_text(self.model)},'
+            f'"prev":"{self.prev_digest.hex()}",'
+            f'"producer":{_json_text(self.producer)},'
+            f'"record_id":"{self.record_id}",'
+            f'"schema_version":{_json_text(self.schema_version)},'
+            f'"sequence":{int(self.sequence)},"v":{FORMAT}}}'
+        ).encode()
 
     def signed_bytes(self) -> bytes:
         return self.header_bytes() + self.nonce + self.ciphertext
@@ -291,6 +294,10 @@ def _replace(envelope: Envelope, **changes) -> Envelope:
     values = {f.name: getattr(envelope, f.name) for f in fields(Envelope)}
     values.update(changes)
     return Envelope(**values)
+
+
+# A JSON string, quoted and escaped to ASCII as json.dumps writes it.
+_json_text = json.encoder.encode_basestring_ascii
 
 
 def _b64(data: bytes) -> str:
