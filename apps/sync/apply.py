@@ -18,6 +18,7 @@ import logging
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple
 
 from django.conf import settings
@@ -274,6 +275,8 @@ class _Chunk:
         self.report = ApplyReport()
         self.now = timezone.now()
         self.versions: dict[tuple, _Version] = {}
+        # Records this node holds, as far as versions and writes here tell.
+        self.stored: set[tuple] = set()
         self.changed_versions: dict[tuple, _Version] = {}
         # Records whose earlier change did not apply: later ones wait.
         self.blocked: dict[tuple, str] = {} if blocked is None else blocked
@@ -322,6 +325,7 @@ class _Chunk:
             "model", "record_id", "tx_id", "hlc", "producer", "deleted"
         ):
             self.versions[(model, record_id)] = _Version(*version)
+            self.stored.add((model, record_id))
         chunk = {row.id for row in rows}
         parked = (
             IncomingTransaction.objects.using(self.using)
@@ -339,7 +343,7 @@ class _Chunk:
             synced = site_models.find(row.model)
             if payload is None or synced is None or synced.append_only:
                 continue
-            for field in _fields(synced):
+            for field in synced.fields:
                 link = payload["fields"].get(field.name)
                 if field.is_relation and link and field.related_model in site_models:
                     try:
@@ -498,7 +502,7 @@ class _Chunk:
         values = {synced.model._meta.pk.attname: row.record_id}
         m2m = {}
         given = payload["fields"]
-        for field in _fields(synced):
+        for field in synced.fields:
             if field.name not in given:
                 continue
             value = given[field.name]
@@ -506,7 +510,7 @@ class _Chunk:
                 values[field.attname] = self._link(synced, field, value, row)
             else:
                 values[field.attname] = field.to_python(value)
-        for field in synced.m2m_fields():
+        for field in synced.m2m_fields:
             if field.name in given:
                 m2m[field.name] = [
                     self._link(synced, field, link, row) for link in given[field.name]
@@ -552,20 +556,40 @@ class _Chunk:
     # -- writing ---------------------------------------------------------------
 
     def _flush(self) -> None:
-        """Write pending records, one statement per model."""
+        """Write pending records, a statement or two per model."""
+        new, held = [], []
         for label, records in self.pending.items():
             if not records:
                 continue
             synced = site_models.get(label)
-            bulk.write_values(
+            write = partial(
+                bulk.Write,
                 synced.model,
-                [values for values, _ in records.values()],
-                self.using,
                 unique_fields=[synced.model._meta.pk.name],
                 update_fields=(
-                    None if synced.append_only else [f.name for f in _fields(synced)]
+                    None if synced.append_only else [f.name for f in synced.fields]
                 ),
             )
+            # A record with no version here is most likely new: it is copied
+            # straight in. The others update the rows they replace.
+            fresh, replacing = [], []
+            for pk, (values, _) in records.items():
+                (replacing if (label, pk) in self.stored else fresh).append(values)
+                self.stored.add((label, pk))
+            new.append(write(fresh))
+            held.append(write(replacing))
+        bulk.write_new(new, self.using)
+        for write in held:
+            if write.rows:
+                bulk.write_values(
+                    write.model,
+                    write.rows,
+                    self.using,
+                    write.unique_fields,
+                    write.update_fields,
+                )
+        for label, records in self.pending.items():
+            synced = site_models.get(label)
             for pk, (_, m2m) in records.items():
                 if m2m:
                     obj = synced.model(pk=pk)
@@ -659,17 +683,6 @@ class _Chunk:
         if newest > self.clock.last_hlc:
             self.clock.last_hlc = hlc.merge(self.clock.last_hlc, newest)
             self.clock.save(using=self.using, update_fields=["last_hlc"])
-
-
-def _fields(synced: SyncedModel) -> list:
-    """Return ``synced.fields()``, worked out once per model."""
-    found = _FIELDS.get(synced.label)
-    if found is None:
-        found = _FIELDS[synced.label] = synced.fields()
-    return found
-
-
-_FIELDS: dict[str, list] = {}
 
 
 def _linked_pk(target, link):

@@ -15,6 +15,7 @@ gets as one array parameter rather than a placeholder per value.
 
 import datetime
 import uuid
+from dataclasses import dataclass
 
 from django.db import IntegrityError, connections, models, transaction
 from django.db.models import Lookup, Q
@@ -68,35 +69,67 @@ def write_values(
         objs = [model(**row) for row in rows]
         _bulk_create(model, objs, using, unique_fields, update_fields)
         return
-    connection = connections[using]
-    fields = _columns(model)
-    plain = [_plain_type(field) for field in fields]
-    prepared = []
-    for row in rows:
-        values = []
-        for field, kind in zip(fields, plain, strict=True):
-            value = row[field.attname] if field.attname in row else field.get_default()
-            if value is None or type(value) is not kind:
-                value = field.get_db_prep_save(value, connection)
-            values.append(value)
-        prepared.append(values)
-    quote = connection.ops.quote_name
-    meta = model._meta
-    on_conflict = "DO NOTHING"
-    if update_fields:
-        changes = ", ".join(
-            f"{quote(c)} = EXCLUDED.{quote(c)}"
-            for c in (meta.get_field(name).column for name in update_fields)
+    planned = Write(model, rows, unique_fields, update_fields)
+    copy(connections[using], *planned.prepare(connections[using]))
+
+
+@dataclass
+class Write:
+    """Rows of one model to write, and what becomes of a key held already."""
+
+    model: type[models.Model]
+    rows: list[dict]
+    unique_fields: list[str]
+    update_fields: list[str] | None = None
+
+    def prepare(self, connection) -> tuple[str, list[str], list[list], str]:
+        """Return the table, its columns, the rows' values and the conflict clause."""
+        fields = _columns(self.model)
+        plain = [_plain_type(field) for field in fields]
+        prepared = []
+        for row in self.rows:
+            values = []
+            for field, kind in zip(fields, plain, strict=True):
+                if field.attname in row:
+                    value = row[field.attname]
+                else:
+                    value = field.get_default()
+                if value is None or type(value) is not kind:
+                    value = field.get_db_prep_save(value, connection)
+                values.append(value)
+            prepared.append(values)
+        quote = connection.ops.quote_name
+        meta = self.model._meta
+        on_conflict = "DO NOTHING"
+        if self.update_fields:
+            changes = ", ".join(
+                f"{quote(c)} = EXCLUDED.{quote(c)}"
+                for c in (meta.get_field(name).column for name in self.update_fields)
+            )
+            on_conflict = f"DO UPDATE SET {changes}"
+        target = ", ".join(
+            quote(meta.get_field(name).column) for name in self.unique_fields
         )
-        on_conflict = f"DO UPDATE SET {changes}"
-    target = ", ".join(quote(meta.get_field(name).column) for name in unique_fields)
-    copy(
-        connection,
-        meta.db_table,
-        [f.column for f in fields],
-        prepared,
-        f"ON CONFLICT ({target}) {on_conflict}",
-    )
+        columns = [f.column for f in fields]
+        return meta.db_table, columns, prepared, f"ON CONFLICT ({target}) {on_conflict}"
+
+
+def write_new(writes: list[Write], using: str) -> None:
+    """Like ``write_values`` for each of ``writes``, whose rows are most likely new.
+
+    On PostgreSQL they are copied straight into their tables, all under one
+    savepoint; if a key is held after all, that is undone and each is
+    written as ``write_values`` does.
+    """
+    writes = [write for write in writes if write.rows]
+    if not _copies(using):
+        for write in writes:
+            write_values(
+                write.model, write.rows, using, write.unique_fields, write.update_fields
+            )
+        return
+    connection = connections[using]
+    copy_new(connection, [write.prepare(connection) for write in writes])
 
 
 # Fields whose value, when it already has this exact Python type, goes to
@@ -173,18 +206,21 @@ def copy(connection, table: str, columns: list[str], rows: list, conflict: str):
         )
 
 
-def copy_new(connection, table: str, columns: list[str], rows: list) -> None:
-    """COPY ``rows`` into ``table``, skipping any whose key it holds already.
+def copy_new(connection, copies: list[tuple[str, list[str], list, str]]) -> None:
+    """COPY rows that are most likely not held yet, for one table or several.
 
-    Usually none is held, and the rows go straight in. If one is (another
-    delivery stored it meanwhile), that COPY fails and is undone, and the
-    rows go through ``copy``, which skips the ones held.
+    Each of ``copies`` is (table, columns, rows, conflict clause). The rows
+    go straight in. If a key is held after all, all of that is undone and
+    each goes through ``copy``, whose conflict clause says what becomes of
+    the held rows.
     """
     try:
         with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-            _stream(connection, cursor, table, columns, rows)
+            for table, columns, rows, _ in copies:
+                _stream(connection, cursor, table, columns, rows)
     except IntegrityError:
-        copy(connection, table, columns, rows, "ON CONFLICT DO NOTHING")
+        for table, columns, rows, conflict in copies:
+            copy(connection, table, columns, rows, conflict)
 
 
 def _stream(connection, cursor, table: str, columns: list[str], rows: list) -> None:

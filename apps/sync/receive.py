@@ -168,14 +168,13 @@ def _insert(envelopes: list[envelope.Envelope], delivered_by: str, using: str):
         "applied_at": None,
     }
     columns = [f.column for f in IncomingTransaction._meta.concrete_fields]
+    rows = [
+        [values[name] for name in columns]
+        for values in ({**_values(item), **fresh} for item in envelopes)
+    ]
     bulk.copy_new(
         connection,
-        IncomingTransaction._meta.db_table,
-        columns,
-        [
-            [values[name] for name in columns]
-            for values in ({**_values(item), **fresh} for item in envelopes)
-        ],
+        [(IncomingTransaction._meta.db_table, columns, rows, "ON CONFLICT DO NOTHING")],
     )
 
 

@@ -12,6 +12,7 @@ append-only log. Requirements are checked by ``manage.py check`` (see checks).
 """
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from django.apps import apps
 from django.db import models
@@ -31,16 +32,22 @@ class SyncedModel:
     def label(self) -> str:
         return self.model._meta.label_lower
 
-    def fields(self) -> list[models.Field]:
-        """Return the concrete fields that travel, primary key excluded."""
-        return [
+    # Worked out once: apply asks for every change it applies.
+    @cached_property
+    def fields(self) -> tuple[models.Field, ...]:
+        """The concrete fields that travel, primary key excluded."""
+        return tuple(
             f
             for f in self.model._meta.concrete_fields
             if not f.primary_key and f.name not in self.exclude
-        ]
+        )
 
-    def m2m_fields(self) -> list[models.ManyToManyField]:
-        return [f for f in self.model._meta.many_to_many if f.name not in self.exclude]
+    @cached_property
+    def m2m_fields(self) -> tuple[models.ManyToManyField, ...]:
+        """The many-to-many fields that travel."""
+        return tuple(
+            f for f in self.model._meta.many_to_many if f.name not in self.exclude
+        )
 
 
 class Registry:

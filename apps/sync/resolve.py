@@ -28,7 +28,7 @@ def reapply_loser(conflict: Conflict, by: str) -> None:
             if instance is None:
                 instance = model(pk=conflict.record_id)
             m2m = {}
-            for field in synced.fields():
+            for field in synced.fields:
                 if field.name not in fields:
                     continue
                 value = fields[field.name]
@@ -36,7 +36,7 @@ def reapply_loser(conflict: Conflict, by: str) -> None:
                     setattr(instance, field.attname, value["pk"] if value else None)
                 else:
                     setattr(instance, field.attname, field.to_python(value))
-            for field in synced.m2m_fields():
+            for field in synced.m2m_fields:
                 if field.name in fields:
                     m2m[field.name] = [link["pk"] for link in fields[field.name]]
             instance.save()

@@ -13,12 +13,12 @@ def serialize(synced: SyncedModel, instance: models.Model) -> dict:
     key lets a receiver find local reference data such as a user.
     """
     fields = {}
-    for field in synced.fields():
+    for field in synced.fields:
         if field.is_relation:
             fields[field.name] = _link(synced, instance, field)
         else:
             fields[field.name] = field.value_from_object(instance)
-    for field in synced.m2m_fields():
+    for field in synced.m2m_fields:
         fields[field.name] = [
             _describe(related) for related in getattr(instance, field.name).all()
         ]

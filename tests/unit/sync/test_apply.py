@@ -297,6 +297,19 @@ def test_a_value_too_long_for_its_column_fails_alone(remote):
     assert row.detail.startswith("the database refused it: "), row.detail
 
 
+def test_a_record_held_here_without_a_version_takes_the_incoming_change(remote):
+    laptop = remote("laptop-a")
+    home = household("laptop-a", village="Mochudi")
+    # Loaded before this node synced: the record is here, no version of it is.
+    Household.objects.bulk_create([household("laptop-a", id=home.id)])
+    RecordVersion.objects.filter(record_id=home.id).delete()
+
+    report = deliver(laptop.save(home))
+
+    assert (report.applied, report.failed) == (2, 0)
+    assert Household.objects.get(pk=home.pk).village == "Mochudi"
+
+
 # -- between two nodes: capture on this node, apply on its peer ---------------
 
 TWO_NODES = pytest.mark.django_db(databases=["default", "peer"])
