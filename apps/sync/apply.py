@@ -275,7 +275,9 @@ class _Chunk:
         self.report = ApplyReport()
         self.now = timezone.now()
         self.versions: dict[tuple, _Version] = {}
-        # Records this node holds, as far as versions and writes here tell.
+        # Records with a version here, and records this node holds as far as
+        # versions and the writes of this chunk tell.
+        self.versioned: set[tuple] = set()
         self.stored: set[tuple] = set()
         self.changed_versions: dict[tuple, _Version] = {}
         # Records whose earlier change did not apply: later ones wait.
@@ -305,7 +307,7 @@ class _Chunk:
         payloads = {}
         for row in rows:
             try:
-                payload = envelope.open_payload(envelope.Envelope.from_row(row))
+                payload = envelope.open_payload(row)
             except EnvelopeInvalid as exc:
                 self._fail(row, exc.reason)
                 continue
@@ -325,7 +327,8 @@ class _Chunk:
             "model", "record_id", "tx_id", "hlc", "producer", "deleted"
         ):
             self.versions[(model, record_id)] = _Version(*version)
-            self.stored.add((model, record_id))
+            self.versioned.add((model, record_id))
+        self.stored.update(self.versioned)
         chunk = {row.id for row in rows}
         parked = (
             IncomingTransaction.objects.using(self.using)
@@ -648,16 +651,19 @@ class _Chunk:
         row.applied_at = self.now if status == IncomingStatus.APPLIED else None
 
     def _save_outcomes(self, rows) -> None:
-        bulk.write_values(
+        versions = {True: [], False: []}
+        for key, version in self.changed_versions.items():
+            versions[key in self.versioned].append(
+                {"model": key[0], "record_id": key[1], **version._asdict()}
+            )
+        write = partial(
+            bulk.Write,
             RecordVersion,
-            [
-                {"model": model, "record_id": record_id, **version._asdict()}
-                for (model, record_id), version in self.changed_versions.items()
-            ],
-            self.using,
             unique_fields=["model", "record_id"],
             update_fields=["tx_id", "hlc", "producer", "deleted"],
         )
+        bulk.write_new([write(versions[False])], self.using)
+        bulk.write_values(RecordVersion, versions[True], self.using, **write.keywords)
         Conflict.objects.using(self.using).bulk_create(self.conflicts)
         incoming = IncomingTransaction.objects.using(self.using)
         applied = [row.id for row in rows if row.status == IncomingStatus.APPLIED]

@@ -14,6 +14,7 @@ gets as one array parameter rather than a placeholder per value.
 """
 
 import datetime
+import decimal
 import uuid
 from dataclasses import dataclass
 
@@ -94,7 +95,11 @@ class Write:
                     value = row[field.attname]
                 else:
                     value = field.get_default()
-                if value is None or type(value) is not kind:
+                if (
+                    value is None
+                    or type(value) is not kind
+                    or (kind is datetime.datetime and value.tzinfo is None)
+                ):
                     value = field.get_db_prep_save(value, connection)
                 values.append(value)
             prepared.append(values)
@@ -134,8 +139,11 @@ def write_new(writes: list[Write], using: str) -> None:
 
 # Fields whose value, when it already has this exact Python type, goes to
 # PostgreSQL as it is: their preparation would return it unchanged. A value
-# of any other type (a naive time, a number as text) is prepared as usual.
+# of any other type (a number as text), or a time without its zone, is
+# prepared as usual.
 _PLAIN_TYPES = {
+    models.DateTimeField: datetime.datetime,
+    models.DecimalField: decimal.Decimal,
     models.UUIDField: uuid.UUID,
     models.CharField: str,
     models.TextField: str,

@@ -56,25 +56,8 @@ class Envelope:
     prev_digest: bytes = b""
 
     def header_bytes(self) -> bytes:
-        """Return the canonical bytes of everything but the payload.
-
-        That is the header as JSON with sorted keys, no spaces and ASCII
-        escapes, as ``json.dumps(header, sort_keys=True, separators=(",",
-        ":"))`` writes it. It is spelled out here because it is made for
-        every envelope checked, sealed or opened, and building the dict for
-        ``json.dumps`` took as long as decrypting the payload.
-        """
-        base_version = f'"{self.base_version}"' if self.base_version else "null"
-        return (
-            f'{{"action":{_json_text(self.action)},"base_version":{base_version},'
-            f'"hlc":{int(self.hlc)},"id":"{self.id}",'
-            f'"key_id":{_json_text(self.key_id)},"model":{_json_text(self.model)},'
-            f'"prev":"{self.prev_digest.hex()}",'
-            f'"producer":{_json_text(self.producer)},'
-            f'"record_id":"{self.record_id}",'
-            f'"schema_version":{_json_text(self.schema_version)},'
-            f'"sequence":{int(self.sequence)},"v":{FORMAT}}}'
-        ).encode()
+        """Return the canonical bytes of everything but the payload."""
+        return header_bytes(self)
 
     def signed_bytes(self) -> bytes:
         return self.header_bytes() + self.nonce + self.ciphertext
@@ -156,6 +139,29 @@ class Envelope:
 
 # The envelope's fields in order: the columns that store one.
 COLUMNS = tuple(f.name for f in fields(Envelope))
+
+
+def header_bytes(item) -> bytes:
+    """Return the canonical bytes of the header of ``item``.
+
+    ``item`` is an envelope, or anything with its fields (a stored row of
+    one). The bytes are the header as JSON with sorted keys, no spaces and
+    ASCII escapes, as ``json.dumps(header, sort_keys=True, separators=(",",
+    ":"))`` writes it. It is spelled out here because it is made for every
+    envelope checked, sealed or opened, and building the dict for
+    ``json.dumps`` took as long as decrypting the payload.
+    """
+    base_version = f'"{item.base_version}"' if item.base_version else "null"
+    return (
+        f'{{"action":{_json_text(item.action)},"base_version":{base_version},'
+        f'"hlc":{int(item.hlc)},"id":"{item.id}",'
+        f'"key_id":{_json_text(item.key_id)},"model":{_json_text(item.model)},'
+        f'"prev":"{item.prev_digest.hex()}",'
+        f'"producer":{_json_text(item.producer)},'
+        f'"record_id":"{item.record_id}",'
+        f'"schema_version":{_json_text(item.schema_version)},'
+        f'"sequence":{int(item.sequence)},"v":{FORMAT}}}'
+    ).encode()
 
 
 class PayloadEncoder(DjangoJSONEncoder):
@@ -269,7 +275,10 @@ def _check_run(run, public_key, valid, refused) -> None:
 
 
 def open_payload(envelope: Envelope) -> dict:
-    """Decrypt and return the payload; raise EnvelopeInvalid if it won't open."""
+    """Decrypt and return the payload; raise EnvelopeInvalid if it won't open.
+
+    ``envelope`` may also be a stored row of one.
+    """
     cipher = keys.data_keyring().cipher(envelope.key_id)
     if cipher is None:
         raise EnvelopeInvalid(
@@ -279,7 +288,7 @@ def open_payload(envelope: Envelope) -> dict:
         )
     try:
         plaintext = cipher.decrypt(
-            envelope.nonce, envelope.ciphertext, envelope.header_bytes()
+            envelope.nonce, envelope.ciphertext, header_bytes(envelope)
         )
     except InvalidTag:
         raise EnvelopeInvalid(
@@ -287,7 +296,14 @@ def open_payload(envelope: Envelope) -> dict:
             "authentication: it was altered or sealed under another key",
             "bad_ciphertext",
         ) from None
-    return json.loads(plaintext)
+    try:
+        return json.loads(plaintext.decode())
+    except ValueError as exc:  # not UTF-8, or not JSON
+        raise EnvelopeInvalid(
+            f"payload of {envelope.producer}#{envelope.sequence} opens but is "
+            f"not JSON ({exc}); the producer's software is at fault",
+            "bad_payload",
+        ) from None
 
 
 def _replace(envelope: Envelope, **changes) -> Envelope:

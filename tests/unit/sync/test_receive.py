@@ -8,6 +8,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from django.conf import settings
 from django.db import transaction
 from study.models import Household, HouseholdMember, SymptomsReview
+from sync import keys
 from sync.apply import apply_pending
 from sync.models import (
     IncomingStatus,
@@ -144,6 +145,25 @@ def test_payload_sealed_under_another_data_key_fails_and_is_not_applied(remote):
     row = IncomingTransaction.objects.get(id=record.id)
     assert row.status == IncomingStatus.FAILED
     assert "fails authentication" in row.detail
+    assert Household.objects.count() == 0
+
+
+@pytest.mark.parametrize("plaintext", [b"not json", b"\xff\xfe not text"])
+def test_payload_that_opens_but_is_not_json_fails_and_is_not_applied(remote, plaintext):
+    laptop = remote("laptop-a")
+    history, record = laptop.save(household("laptop-a"))
+    keyring = keys.data_keyring()
+    garbled = keyring.cipher(record.key_id).encrypt(
+        record.nonce, plaintext, record.header_bytes()
+    )
+
+    receive([history, laptop.resign(record, ciphertext=garbled)], "laptop-a")
+    report = apply_pending()
+
+    assert (report.applied, report.failed) == (1, 1)
+    row = IncomingTransaction.objects.get(id=record.id)
+    assert row.status == IncomingStatus.FAILED
+    assert "opens but is not JSON" in row.detail
     assert Household.objects.count() == 0
 
 
