@@ -214,33 +214,76 @@ def copy(connection, table: str, columns: list[str], rows: list, conflict: str):
         )
 
 
-def copy_new(connection, copies: list[tuple[str, list[str], list, str]]) -> None:
+def copy_new(
+    connection, copies: list[tuple[str, list[str], list, str]], binary: bool = False
+) -> None:
     """COPY rows that are most likely not held yet, for one table or several.
 
     Each of ``copies`` is (table, columns, rows, conflict clause). The rows
-    go straight in. If a key is held after all, all of that is undone and
-    each goes through ``copy``, whose conflict clause says what becomes of
-    the held rows.
+    go straight in (in binary form if asked, see ``_stream``). If a key is
+    held after all, all of that is undone and each goes through ``copy``,
+    whose conflict clause says what becomes of the held rows.
     """
     try:
         with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
             for table, columns, rows, _ in copies:
-                _stream(connection, cursor, table, columns, rows)
+                _stream(connection, cursor, table, columns, rows, binary)
     except IntegrityError:
         for table, columns, rows, conflict in copies:
             copy(connection, table, columns, rows, conflict)
 
 
-def _stream(connection, cursor, table: str, columns: list[str], rows: list) -> None:
+def copy_straight(
+    connection, table: str, columns: list[str], rows: list, binary: bool = False
+) -> None:
+    """COPY ``rows`` into ``table``; a key it holds already is an IntegrityError."""
+    with connection.cursor() as cursor:
+        _stream(connection, cursor, table, columns, rows, binary)
+
+
+def _stream(
+    connection, cursor, table: str, columns: list[str], rows: list, binary=False
+) -> None:
+    """COPY ``rows`` into ``table`` with the driver's own COPY.
+
+    Its errors become Django's, as a query's do. In ``binary`` form, bytes,
+    keys and numbers go as they are held instead of being spelled out as
+    text and parsed back, which for envelopes is most of the work; but an
+    integer too large for a small column is cut short rather than refused,
+    so only values checked beforehand may go that way.
+    """
     quote = connection.ops.quote_name
     names = ", ".join(quote(c) for c in columns)
-    # The driver's own COPY: its errors become Django's, as a query's do.
+    form = " (FORMAT BINARY)" if binary else ""
+    types = _types(cursor, table, columns) if binary else None
     with (
         connection.wrap_database_errors,
-        cursor.cursor.copy(f"COPY {quote(table)} ({names}) FROM STDIN") as stream,
+        cursor.cursor.copy(f"COPY {quote(table)} ({names}) FROM STDIN{form}") as stream,
     ):
+        if types:
+            stream.set_types(types)
         for row in rows:
             stream.write_row(row)
+
+
+def _types(cursor, table: str, columns: list[str]) -> list[int]:
+    """Return the type of each of ``columns`` of ``table``, as PostgreSQL names it.
+
+    Looked up once per table and process: a migration that changes a
+    column's type restarts the servers.
+    """
+    known = _TYPES.get(table)
+    if known is None:
+        cursor.execute(
+            "SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s::regclass "
+            "AND attnum > 0 AND NOT attisdropped",
+            [cursor.db.ops.quote_name(table)],
+        )
+        known = _TYPES[table] = dict(cursor.fetchall())
+    return [known[column] for column in columns]
+
+
+_TYPES: dict[str, dict[str, int]] = {}
 
 
 def among(name: str, values, using: str) -> Q:

@@ -22,7 +22,7 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from ..acknowledgements import record_acknowledgement
-from ..apply import ApplyReport, apply_delivered
+from ..apply import apply_delivered
 from ..envelope import Envelope, is_whole_number
 from ..errors import EnvelopeInvalid
 from ..models import (
@@ -217,14 +217,14 @@ class PushView(NodeAPIView):
                 f"Node {node.node_id} may deliver only its own transactions, not "
                 f"those of {', '.join(foreign)}; register it as a relay to carry them."
             )
-        receipt = receive(envelopes, delivered_by=node.node_id)
+        receipt = receive(envelopes, delivered_by=node.node_id, and_apply=True)
+        report = receipt.applied
         try:
-            report = apply_delivered(receipt.acknowledged)
+            report += apply_delivered(receipt.acknowledged)
         except Exception:
             # Stored is stored: the chunk is acknowledged and the apply
             # worker (sync apply) takes it up again.
             log.exception("apply after push from %s failed", node.node_id)
-            report = ApplyReport()
         log.info(
             "push from %s: %d stored, %d duplicates, %d rejected",
             node.node_id,

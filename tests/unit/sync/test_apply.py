@@ -1,5 +1,6 @@
 """Apply: received changes become records, in order, whatever order they came in."""
 
+import decimal
 from io import StringIO
 
 import pytest
@@ -29,10 +30,21 @@ from sync.status import problems
 
 from tests.factories import household, household_tree, member, outbox_envelopes
 
+# Every test here runs twice: envelopes stored, then applied by the apply
+# worker; and applied as they arrive, as a push delivers them.
+on_arrival = {"apply": False}
+
+
+@pytest.fixture(autouse=True, params=["stored then applied", "applied on arrival"])
+def delivery_mode(request):
+    on_arrival["apply"] = request.param == "applied on arrival"
+
 
 def deliver(envelopes, by="middleman-1"):
-    receive(envelopes, delivered_by=by)
-    return apply_pending()
+    receipt = receive(envelopes, delivered_by=by, and_apply=on_arrival["apply"])
+    report = receipt.applied
+    report += apply_pending()
+    return report
 
 
 def status_of(sealed) -> str:
@@ -284,10 +296,19 @@ def test_a_record_that_breaks_a_rule_of_the_database_fails_alone(remote):
 
 
 @pytest.mark.postgres
-def test_a_value_too_long_for_its_column_fails_alone(remote):
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"village": "V" * 80},  # longer than its column
+        {"latitude": decimal.Decimal("12345.5")},  # more digits than it holds
+        {"comment": "nul \x00 in text"},  # PostgreSQL text cannot hold it
+    ],
+    ids=["too long", "too many digits", "nul character"],
+)
+def test_a_value_its_column_cannot_hold_fails_alone(remote, value):
     laptop = remote("laptop-a")
-    long_name = household("laptop-a", village="V" * 80)
-    envelopes = laptop.save(long_name) + laptop.save(household("laptop-a"))
+    unfit = household("laptop-a", **value)
+    envelopes = laptop.save(unfit) + laptop.save(household("laptop-a"))
 
     report = deliver(envelopes)
 
@@ -308,6 +329,21 @@ def test_a_record_held_here_without_a_version_takes_the_incoming_change(remote):
 
     assert (report.applied, report.failed) == (2, 0)
     assert Household.objects.get(pk=home.pk).village == "Mochudi"
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("age", [70_000, -1], ids=["past its range", "negative"])
+def test_a_number_its_column_cannot_hold_fails_alone(remote, age):
+    laptop = remote("laptop-a")
+    home = household("laptop-a")
+    envelopes = laptop.save(home) + laptop.save(member(home, age_in_years=age))
+
+    report = deliver(envelopes)
+
+    # The member and its history row are both refused; the household applies.
+    assert (report.applied, report.failed) == (2, 2)
+    row = IncomingTransaction.objects.get(id=envelopes[-1].id)
+    assert row.detail.startswith("the database refused it: "), row.detail
 
 
 # -- between two nodes: capture on this node, apply on its peer ---------------

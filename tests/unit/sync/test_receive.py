@@ -239,3 +239,40 @@ def test_a_delivery_that_races_another_stores_each_envelope_once(remote):
     assert sorted(stored.values_list("sequence", flat=True)) == [1, 2, 3, 4, 5, 6]
     assert stored.get(sequence=1).delivered_by == "laptop-a"
     assert stored.get(sequence=6).delivered_by == "middleman-1"
+
+
+def test_envelopes_next_in_sequence_are_applied_as_they_are_stored(remote):
+    laptop = remote("laptop-a")
+    first, second = (
+        laptop.save(household("laptop-a")),
+        laptop.save(household("laptop-a")),
+    )
+
+    behind_a_gap = receive(second, delivered_by="laptop-a", and_apply=True)
+    in_turn = receive(first, delivered_by="laptop-a", and_apply=True)
+
+    assert behind_a_gap.applied.applied == 0  # 3 and 4 wait for 1 and 2
+    assert in_turn.applied.applied == 2
+    assert in_turn.acknowledged == {"laptop-a": 4}
+    statuses = dict(IncomingTransaction.objects.values_list("sequence", "status"))
+    assert statuses == {1: "applied", 2: "applied", 3: "received", 4: "received"}
+    assert apply_pending().applied == 2
+    assert Household.objects.count() == 2
+
+
+def test_envelopes_whose_apply_on_arrival_breaks_are_stored_for_apply(
+    remote, monkeypatch
+):
+    def broken(*args):
+        raise RuntimeError("a fault in apply")
+
+    monkeypatch.setattr("sync.receive.apply_arriving", broken)
+    laptop = remote("laptop-a")
+    home = household("laptop-a")
+
+    receipt = receive(laptop.save(home), delivered_by="laptop-a", and_apply=True)
+
+    assert (receipt.stored, receipt.acknowledged) == (2, {"laptop-a": 2})
+    assert not Household.objects.exists()
+    assert apply_pending().applied == 2
+    assert Household.objects.filter(pk=home.pk).exists()
