@@ -752,12 +752,15 @@ def _store_arrived(rows: list[_Pending], using: str) -> None:
             ]
         )
         return
+    # Every value was checked to fit by Envelope.from_wire: binary is safe.
     bulk.copy_straight(
         connection,
-        IncomingTransaction._meta.db_table,
-        [IncomingTransaction._meta.get_field(name).column for name in names],
-        [[getattr(row, name) for name in names] for row in rows],
-        binary=True,  # every value was checked to fit by Envelope.from_wire
+        bulk.Copy(
+            IncomingTransaction._meta.db_table,
+            [IncomingTransaction._meta.get_field(name).column for name in names],
+            [[getattr(row, name) for name in names] for row in rows],
+            binary=True,
+        ),
     )
 
 

@@ -17,6 +17,7 @@ import datetime
 import decimal
 import uuid
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from django.db import IntegrityError, connections, models, transaction
 from django.db.models import Lookup, Q
@@ -71,7 +72,7 @@ def write_values(
         _bulk_create(model, objs, using, unique_fields, update_fields)
         return
     planned = Write(model, rows, unique_fields, update_fields)
-    copy(connections[using], *planned.prepare(connections[using]))
+    copy(connections[using], planned.prepare(connections[using]))
 
 
 @dataclass
@@ -83,14 +84,16 @@ class Write:
     unique_fields: list[str]
     update_fields: list[str] | None = None
 
-    def prepare(self, connection) -> tuple[str, list[str], list[list], str]:
-        """Return the table, its columns, the rows' values and the conflict clause."""
+    def prepare(self, connection) -> "Copy":
+        """Return the COPY that writes the rows."""
         fields = _columns(self.model)
         plain = [_plain_type(field) for field in fields]
+        largest = [_largest(field) for field in fields]
+        binary = True
         prepared = []
         for row in self.rows:
             values = []
-            for field, kind in zip(fields, plain, strict=True):
+            for field, kind, limit in zip(fields, plain, largest, strict=True):
                 if field.attname in row:
                     value = row[field.attname]
                 else:
@@ -101,6 +104,8 @@ class Write:
                     or (kind is datetime.datetime and value.tzinfo is None)
                 ):
                     value = field.get_db_prep_save(value, connection)
+                if limit and type(value) is int and not -limit <= value < limit:
+                    binary = False  # PostgreSQL must see it, and refuse it
                 values.append(value)
             prepared.append(values)
         quote = connection.ops.quote_name
@@ -115,8 +120,13 @@ class Write:
         target = ", ".join(
             quote(meta.get_field(name).column) for name in self.unique_fields
         )
-        columns = [f.column for f in fields]
-        return meta.db_table, columns, prepared, f"ON CONFLICT ({target}) {on_conflict}"
+        return Copy(
+            meta.db_table,
+            [f.column for f in fields],
+            prepared,
+            f"ON CONFLICT ({target}) {on_conflict}",
+            binary,
+        )
 
 
 def write_new(writes: list[Write], using: str) -> None:
@@ -157,6 +167,28 @@ _PLAIN_TYPES = {
 }
 
 
+# Integer columns by how far their values reach (-2**bits to 2**bits - 1).
+_INTEGER_BITS = {
+    models.SmallIntegerField: 15,
+    models.PositiveSmallIntegerField: 15,
+    models.SmallAutoField: 15,
+    models.IntegerField: 31,
+    models.PositiveIntegerField: 31,
+    models.AutoField: 31,
+    models.BigIntegerField: 63,
+    models.PositiveBigIntegerField: 63,
+    models.BigAutoField: 63,
+}
+
+
+def _largest(field: models.Field) -> int | None:
+    """Return 2**bits for an integer column (see _INTEGER_BITS), else None."""
+    if field.is_relation:
+        field = field.target_field
+    bits = _INTEGER_BITS.get(type(field))
+    return None if bits is None else 2**bits
+
+
 def _plain_type(field: models.Field) -> type | None:
     """Return the Python type ``field`` passes through unprepared, if any."""
     if field.is_relation:
@@ -190,79 +222,83 @@ def _columns(model: type[models.Model]) -> list[models.Field]:
     ]
 
 
-def copy(connection, table: str, columns: list[str], rows: list, conflict: str):
-    """COPY ``rows`` into ``table`` through a temporary table (PostgreSQL).
+class Copy(NamedTuple):
+    """Rows for one table, by column, and what becomes of a key held already.
+
+    ``binary`` sends them in COPY's binary form, where bytes, keys and
+    numbers go as they are held instead of being spelled out as text and
+    parsed back. Only for values known to fit their columns: an integer too
+    large for its column is cut short in that form, not refused.
+    """
+
+    table: str
+    columns: list[str]
+    rows: list[list]
+    conflict: str = "ON CONFLICT DO NOTHING"
+    binary: bool = False
+
+
+def copy(connection, rows: Copy) -> None:
+    """COPY ``rows`` through a temporary table, then into theirs (PostgreSQL).
 
     Must run inside a transaction: the temporary table empties on commit.
     """
     quote = connection.ops.quote_name
-    names = ", ".join(quote(c) for c in columns)
-    staging = f"copy_{table}"
+    names = ", ".join(quote(c) for c in rows.columns)
+    staging = f"copy_{rows.table}"
     with connection.cursor() as cursor:
         # The columns' types without the table's constraints or defaults.
         cursor.execute(
             f"CREATE TEMPORARY TABLE IF NOT EXISTS {quote(staging)} ON COMMIT "
-            f"DELETE ROWS AS SELECT {names} FROM {quote(table)} WITH NO DATA"
+            f"DELETE ROWS AS SELECT {names} FROM {quote(rows.table)} WITH NO DATA"
         )
-        _stream(connection, cursor, staging, columns, rows)
+        _stream(connection, cursor, rows._replace(table=staging))
         # Emptied as it is moved: cheaper than a TRUNCATE, which makes a new
         # file for the table each time.
         cursor.execute(
             f"WITH moved AS (DELETE FROM {quote(staging)} RETURNING {names}) "
-            f"INSERT INTO {quote(table)} ({names}) SELECT {names} FROM moved "
-            f"{conflict}"
+            f"INSERT INTO {quote(rows.table)} ({names}) SELECT {names} FROM moved "
+            f"{rows.conflict}"
         )
 
 
-def copy_new(
-    connection, copies: list[tuple[str, list[str], list, str]], binary: bool = False
-) -> None:
+def copy_new(connection, copies: list[Copy]) -> None:
     """COPY rows that are most likely not held yet, for one table or several.
 
-    Each of ``copies`` is (table, columns, rows, conflict clause). The rows
-    go straight in (in binary form if asked, see ``_stream``). If a key is
-    held after all, all of that is undone and each goes through ``copy``,
-    whose conflict clause says what becomes of the held rows.
+    They go straight into their tables. If a key is held after all, all of
+    that is undone and each goes through ``copy``, whose conflict clause
+    says what becomes of the held rows.
     """
     try:
         with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-            for table, columns, rows, _ in copies:
-                _stream(connection, cursor, table, columns, rows, binary)
+            for rows in copies:
+                _stream(connection, cursor, rows)
     except IntegrityError:
-        for table, columns, rows, conflict in copies:
-            copy(connection, table, columns, rows, conflict)
+        for rows in copies:
+            copy(connection, rows)
 
 
-def copy_straight(
-    connection, table: str, columns: list[str], rows: list, binary: bool = False
-) -> None:
-    """COPY ``rows`` into ``table``; a key it holds already is an IntegrityError."""
+def copy_straight(connection, rows: Copy) -> None:
+    """COPY ``rows`` into their table; a key it holds already is an IntegrityError."""
     with connection.cursor() as cursor:
-        _stream(connection, cursor, table, columns, rows, binary)
+        _stream(connection, cursor, rows)
 
 
-def _stream(
-    connection, cursor, table: str, columns: list[str], rows: list, binary=False
-) -> None:
-    """COPY ``rows`` into ``table`` with the driver's own COPY.
-
-    Its errors become Django's, as a query's do. In ``binary`` form, bytes,
-    keys and numbers go as they are held instead of being spelled out as
-    text and parsed back, which for envelopes is most of the work; but an
-    integer too large for a small column is cut short rather than refused,
-    so only values checked beforehand may go that way.
-    """
+def _stream(connection, cursor, rows: Copy) -> None:
+    """COPY ``rows`` with the driver's own COPY; its errors become Django's."""
     quote = connection.ops.quote_name
-    names = ", ".join(quote(c) for c in columns)
-    form = " (FORMAT BINARY)" if binary else ""
-    types = _types(cursor, table, columns) if binary else None
+    names = ", ".join(quote(c) for c in rows.columns)
+    form = " (FORMAT BINARY)" if rows.binary else ""
+    types = _types(cursor, rows.table, rows.columns) if rows.binary else None
     with (
         connection.wrap_database_errors,
-        cursor.cursor.copy(f"COPY {quote(table)} ({names}) FROM STDIN{form}") as stream,
+        cursor.cursor.copy(
+            f"COPY {quote(rows.table)} ({names}) FROM STDIN{form}"
+        ) as stream,
     ):
         if types:
             stream.set_types(types)
-        for row in rows:
+        for row in rows.rows:
             stream.write_row(row)
 
 
