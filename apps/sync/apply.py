@@ -39,7 +39,7 @@ from .models import (
     ProducerState,
     RecordVersion,
 )
-from .registry import SyncedModel, site_models
+from .registry import site_models
 from .serialization import serialize
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def apply_arriving(
     delivered_by: str,
     clock,
     using: str,
-    payloads: dict | None = None,
+    prepared: dict | None = None,
 ) -> ApplyReport:
     """Apply verified envelopes as they arrive, and store them with the outcome.
 
@@ -138,15 +138,15 @@ def apply_arriving(
     received before them waits to be applied, inside its transaction and
     with the clock locked. Storing each with its outcome saves storing it
     as received, reading it back and marking what became of it.
-    ``payloads`` are those already opened (see ``open_payloads``).
+    ``prepared`` holds what ``prepare`` worked out for them ahead.
     """
     received_at = timezone.now()
-    payloads = payloads or {}
+    prepared = prepared or {}
     rows = []
     for item in envelopes:
         row = _Pending(*(getattr(item, name) for name in _Pending.columns))
         row.stored, row.delivered_by, row.received_at = False, delivered_by, received_at
-        row.payload = payloads.get(item.id)
+        row.payload, row.draft = prepared.get(item.id, (None, None))
         rows.append(row)
     report = _run(clock, using, rows)
     ProducerState.objects.using(using).filter(producer=rows[-1].producer).update(
@@ -155,20 +155,22 @@ def apply_arriving(
     return report
 
 
-def open_payloads(envelopes: list[envelope.Envelope]) -> dict:
-    """Return the payload of each of ``envelopes`` that opens, by id.
+def prepare(envelopes: list[envelope.Envelope], using: str) -> dict:
+    """Open each of ``envelopes`` and draft its record; return both by id.
 
-    Opened ahead, before a delivery takes the clock's lock, they cut the
-    time it holds it. One that does not open is opened again by apply,
-    which records why.
+    Done ahead, before a delivery takes the clock's lock, this cuts the time
+    it holds it: what is left for apply is deciding against what is held.
+    A payload that does not open is opened again by apply, which records why.
     """
-    payloads = {}
+    prepared, natural = {}, {}
     for item in envelopes:
         try:
-            payloads[item.id] = envelope.open_payload(item)
+            payload = envelope.open_payload(item)
         except EnvelopeInvalid:
-            pass
-    return payloads
+            continue
+        if _has_fields(payload):
+            prepared[item.id] = (payload, _draft(item, payload, using, natural))
+    return prepared
 
 
 class _Pending:
@@ -189,6 +191,7 @@ class _Pending:
         "delivered_by",
         "received_at",
         "payload",
+        "draft",
     )
 
     def __init__(self, *values):
@@ -198,11 +201,25 @@ class _Pending:
         self.waiting_for = self.detail = ""
         self.applied_at = None
         self.stored = True
-        self.payload = None  # opened ahead, if it was
+        self.payload = self.draft = None  # worked out ahead, if they were
 
     @classmethod
     def of(cls, row: IncomingTransaction) -> "_Pending":
         return cls(*(getattr(row, name) for name in cls.columns))
+
+
+class _Draft(NamedTuple):
+    """A record as its payload describes it, before apply weighs it up.
+
+    Working it out needs the payload alone (and reference data), so it can
+    be done before apply takes the clock's lock. ``links`` are the records
+    of this site it links to, which must be here before it can be.
+    """
+
+    values: dict  # by attribute name
+    m2m: dict
+    links: tuple = ()  # (label, pk)
+    fault: str = ""  # why the payload does not fit its model, if it does not
 
 
 class _Version(NamedTuple):
@@ -359,10 +376,11 @@ class _Chunk:
     def run(self, rows: list[_Pending]) -> ApplyReport:
         with state.applying_incoming():
             payloads = self._open(rows)
-            self._load(rows, payloads)
+            drafts = self._draft(rows, payloads)
+            self._load(rows, drafts)
             for row in rows:
                 if row.id in payloads:
-                    self._apply_one(row, payloads[row.id])
+                    self._apply_one(row, payloads[row.id], drafts[row.id])
             self._flush()
             self._save_outcomes(rows)
         return self.report
@@ -377,13 +395,21 @@ class _Chunk:
             except EnvelopeInvalid as exc:
                 self._fail(row, exc.reason)
                 continue
-            if isinstance(payload, dict) and isinstance(payload.get("fields"), dict):
+            if _has_fields(payload):
                 payloads[row.id] = payload
             else:
                 self._fail(row, f"payload of {row.model} has no 'fields' object")
         return payloads
 
-    def _load(self, rows, payloads) -> None:
+    def _draft(self, rows, payloads) -> dict:
+        """Return each row's draft, worked out now unless it was ahead."""
+        return {
+            row.id: row.draft or _draft(row, payloads[row.id], self.using, self.natural)
+            for row in rows
+            if row.id in payloads
+        }
+
+    def _load(self, rows, drafts) -> None:
         """Fetch versions, blockers and linked records for the whole chunk."""
         ids = {row.record_id for row in rows}
         held = RecordVersion.objects.using(self.using).filter(
@@ -407,23 +433,11 @@ class _Chunk:
             if tx_id not in chunk:
                 self.blocked[(model, record_id)] = f"tx:{tx_id}"
         wanted = defaultdict(set)
-        for row in rows:
-            payload = payloads.get(row.id)
-            synced = site_models.find(row.model)
-            if payload is None or synced is None or synced.append_only:
-                continue
-            for field in synced.fields:
-                link = payload["fields"].get(field.name)
-                if field.is_relation and link and field.related_model in site_models:
-                    try:
-                        wanted[field.related_model].add(
-                            _linked_pk(field.related_model, link)
-                        )
-                    except _Unusable:
-                        pass  # building the record names the fault
-
-        for model, pks in wanted.items():
-            label = model._meta.label_lower
+        for draft in drafts.values():
+            for label, pk in draft.links:
+                wanted[label].add(pk)
+        for label, pks in wanted.items():
+            model = site_models.get(label).model
             found = model._base_manager.using(self.using).filter(
                 bulk.among("pk", pks, self.using)
             )
@@ -433,26 +447,18 @@ class _Chunk:
 
     # -- deciding --------------------------------------------------------------
 
-    def _apply_one(self, row, payload) -> None:
+    def _apply_one(self, row, payload, draft: _Draft) -> None:
         key = (row.model, row.record_id)
         if key in self.blocked:
             self._park(row, self.blocked[key], "an earlier change to this record waits")
             return
-        synced = site_models.find(row.model)
-        if synced is None:
-            self._fail(row, f"{row.model} is not registered for offline use here")
+        if draft.fault:
+            self._fail(row, draft.fault)
             return
-        try:
-            values, m2m = self._build(synced, row, payload)
-        except _Waiting as waiting:
-            self._park(row, waiting.token, waiting.reason)
+        if row.action != "delete" and not self._links_here(row, draft.links):
             return
-        except (_Unusable, ValueError, TypeError, KeyError) as exc:
-            self._fail(row, f"payload does not fit {row.model}: {exc}")
-            return
-        except ValidationError as exc:
-            self._fail(row, f"payload does not fit {row.model}: {' '.join(exc)}")
-            return
+        synced = site_models.get(row.model)
+        values, m2m = draft.values, draft.m2m
         if synced.append_only:
             self.pending[synced.label][row.record_id] = (values, m2m)
             self._applied(row)
@@ -564,63 +570,25 @@ class _Chunk:
             or OutgoingTransaction.objects.using(self.using).filter(id=tx_id).exists()
         )
 
-    # -- building records ------------------------------------------------------
+    # -- links -----------------------------------------------------------------
 
-    def _build(self, synced: SyncedModel, row, payload) -> tuple[dict, dict]:
-        """Return the record's values by attribute name, and its many-to-many."""
-        values = {synced.model._meta.pk.attname: row.record_id}
-        m2m = {}
-        given = payload["fields"]
-        for field in synced.fields:
-            if field.name not in given:
+    def _links_here(self, row, links) -> bool:
+        """True if the records ``row`` links to are here; if not, say why not."""
+        for label, pk in links:
+            if str(pk) in self.present[label]:
                 continue
-            value = given[field.name]
-            if field.is_relation:
-                values[field.attname] = self._link(synced, field, value, row)
-            else:
-                values[field.attname] = field.to_python(value)
-        for field in synced.m2m_fields:
-            if field.name in given:
-                m2m[field.name] = [
-                    self._link(synced, field, link, row) for link in given[field.name]
-                ]
-        return values, m2m
-
-    def _link(self, synced, field, link, row):
-        if link is None:
-            return None
-        target = field.related_model
-        if synced.append_only:
-            return _linked_pk(target, link)
-        if target in site_models:
-            linked = _linked_pk(target, link)
-            pk = str(linked)
-            label = target._meta.label_lower
-            if row.action != "delete" and pk not in self.present[label]:
-                gone = self.versions.get((label, linked))
-                if gone is not None and gone.deleted:
-                    raise _Unusable(f"it links to {label} {pk}, which was deleted")
-                raise _Waiting(
-                    f"record:{label}:{pk}", f"waits for {label} {pk} to arrive"
+            gone = self.versions.get((label, pk))
+            if gone is not None and gone.deleted:
+                self._fail(
+                    row,
+                    f"payload does not fit {row.model}: it links to {label} {pk}, "
+                    "which was deleted",
                 )
-            return linked
-        if "natural_key" in link and hasattr(
-            target._default_manager, "get_by_natural_key"
-        ):
-            cache_key = (target, tuple(link["natural_key"]))
-            if cache_key not in self.natural:
-                try:
-                    found = target._default_manager.db_manager(
-                        self.using
-                    ).get_by_natural_key(*link["natural_key"])
-                except target.DoesNotExist:
-                    raise _Unusable(
-                        f"{target._meta.label} {link['natural_key']} is not on this "
-                        "node; add the reference data, then retry"
-                    ) from None
-                self.natural[cache_key] = found.pk
-            return self.natural[cache_key]
-        return _linked_pk(target, link)
+            else:
+                waits = f"waits for {label} {pk} to arrive"
+                self._park(row, f"record:{label}:{pk}", waits)
+            return False
+        return True
 
     # -- writing ---------------------------------------------------------------
 
@@ -789,6 +757,74 @@ def _store_arrived(rows: list[_Pending], using: str) -> None:
     )
 
 
+def _has_fields(payload) -> bool:
+    return isinstance(payload, dict) and isinstance(payload.get("fields"), dict)
+
+
+def _draft(row, payload: dict, using: str, natural: dict) -> _Draft:
+    """Work out the record ``payload`` describes, for ``row``'s model.
+
+    ``natural`` caches keys of reference data looked up by natural key.
+    """
+    synced = site_models.find(row.model)
+    if synced is None:
+        unknown = f"{row.model} is not registered for offline use here"
+        return _Draft({}, {}, fault=unknown)
+    values = {synced.model._meta.pk.attname: row.record_id}
+    m2m, links = {}, []
+    given = payload["fields"]
+    try:
+        for field in synced.fields:
+            if field.name not in given:
+                continue
+            value = given[field.name]
+            if field.is_relation:
+                value = _link(synced, field, value, links, using, natural)
+            else:
+                value = field.to_python(value)
+            values[field.attname] = value
+        for field in synced.m2m_fields:
+            if field.name in given:
+                m2m[field.name] = [
+                    _link(synced, field, link, links, using, natural)
+                    for link in given[field.name]
+                ]
+    except (_Unusable, ValueError, TypeError, KeyError) as exc:
+        return _Draft({}, {}, fault=f"payload does not fit {row.model}: {exc}")
+    except ValidationError as exc:
+        reason = " ".join(exc)
+        return _Draft({}, {}, fault=f"payload does not fit {row.model}: {reason}")
+    return _Draft(values, m2m, tuple(links))
+
+
+def _link(synced, field, link, links: list, using: str, natural: dict):
+    """Return the key ``link`` names; note it in ``links`` if it must be here."""
+    if link is None:
+        return None
+    target = field.related_model
+    if synced.append_only:
+        return _linked_pk(target, link)
+    if target in site_models:
+        linked = _linked_pk(target, link)
+        links.append((target._meta.label_lower, linked))
+        return linked
+    if "natural_key" in link and hasattr(target._default_manager, "get_by_natural_key"):
+        cache_key = (target, tuple(link["natural_key"]))
+        if cache_key not in natural:
+            try:
+                found = target._default_manager.db_manager(using).get_by_natural_key(
+                    *link["natural_key"]
+                )
+            except target.DoesNotExist:
+                raise _Unusable(
+                    f"{target._meta.label} {link['natural_key']} is not on this "
+                    "node; add the reference data, then retry"
+                ) from None
+            natural[cache_key] = found.pk
+        return natural[cache_key]
+    return _linked_pk(target, link)
+
+
 def _linked_pk(target, link):
     """Return the key a link names, as ``target`` holds its keys."""
     if not isinstance(link, dict) or "pk" not in link:
@@ -808,12 +844,6 @@ def _as_json(payload: dict) -> dict:
 def _users(objects) -> str:
     labels = sorted({obj._meta.verbose_name for obj in objects})
     return f"still used by {len(objects)} {', '.join(labels)} record(s)"
-
-
-class _Waiting(Exception):
-    def __init__(self, token: str, reason: str):
-        self.token = token
-        self.reason = reason
 
 
 class _Unusable(Exception):

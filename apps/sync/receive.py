@@ -13,7 +13,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from . import bulk, envelope
-from .apply import ApplyReport, apply_arriving, open_payloads
+from .apply import ApplyReport, apply_arriving, prepare
 from .capture import lock_clock
 from .errors import EnvelopeInvalid
 from .models import (
@@ -73,18 +73,18 @@ def receive(
     for item, exc in refused:
         receipt.rejected.append(_reject(item, exc, delivered_by, using))
 
-    payloads = open_payloads(valid) if and_apply else {}
+    prepared = prepare(valid, using) if and_apply else {}
     with transaction.atomic(using=using):
         # Taken before anything is read: apply takes it before the
         # producers' rows, and two deliveries of one producer queue here.
         clock = lock_clock(using) if and_apply else None
         for producer in sorted(producers):
             mine = [e for e in valid if e.producer == producer]
-            _store(producer, mine, delivered_by, receipt, using, clock, payloads)
+            _store(producer, mine, delivered_by, receipt, using, clock, prepared)
     return receipt
 
 
-def _store(producer, envelopes, delivered_by, receipt, using, clock, payloads) -> None:
+def _store(producer, envelopes, delivered_by, receipt, using, clock, prepared) -> None:
     held = _held(producer, [e.sequence for e in envelopes], using)
     fresh = {}
     for item in envelopes:
@@ -114,7 +114,7 @@ def _store(producer, envelopes, delivered_by, receipt, using, clock, payloads) -
         try:
             with transaction.atomic(using=using):
                 receipt.applied += apply_arriving(
-                    arriving, delivered_by, clock, using, payloads
+                    arriving, delivered_by, clock, using, prepared
                 )
         except Exception:
             # Stored is stored: the apply worker takes them up again.
