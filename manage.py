@@ -9,9 +9,11 @@ from pathlib import Path
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent / "apps"))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+    from config import gc_tuning
     from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
 
+    gc_tuning.tune()
     try:
         execute_from_command_line(sys.argv)
     except ImproperlyConfigured as exc:
