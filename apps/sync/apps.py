@@ -11,7 +11,6 @@ class SyncConfig(AppConfig):
 
     def ready(self) -> None:
         from . import capture, checks  # noqa: F401
-        from .transport import schema  # noqa: F401
 
         autodiscover_modules("offline")
         capture.connect()

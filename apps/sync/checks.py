@@ -7,7 +7,7 @@ from .base import SyncModel
 from .registry import site_models
 
 
-@checks.register()
+@checks.register(checks.Tags.models)
 def check_registered_models(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
     errors = []
     for synced in site_models:

@@ -34,6 +34,7 @@ from ..models import (
 )
 from ..receive import receive
 from ..tokens import hash_token
+from . import schema  # noqa: F401  (node authentication, to the OpenAPI schema)
 
 log = logging.getLogger(__name__)
 security_log = logging.getLogger("sync.security")
