@@ -20,6 +20,7 @@ def main() -> None:
         # A node's settings that cannot work: the message says what to set,
         # and a traceback would only bury it.
         sys.exit(f"manage.py: this node is not configured: {exc}")
+    gc_tuning.before_exit()
 
 
 if __name__ == "__main__":

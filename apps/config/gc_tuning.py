@@ -26,3 +26,17 @@ def tune(freeze: bool = False) -> None:
     gc.set_threshold(*THRESHOLDS)
     if freeze:
         gc.freeze()
+
+
+def before_exit() -> None:
+    """Let the interpreter end without walking every object one last time.
+
+    Its teardown runs a last full collection: after a push, about 70 ms of
+    a command that took a second. Frozen, what is left goes back to the
+    operating system with the process. Database connections are closed
+    first, as a collection might have closed them.
+    """
+    from django.db import connections
+
+    connections.close_all()
+    gc.freeze()
