@@ -430,10 +430,13 @@ class _Chunk:
             self.versioned.add((model, record_id))
         self.stored.update(self.versioned)
         chunk = {row.id for row in rows}
+        parked = IncomingTransaction.objects.using(self.using).filter(
+            status=IncomingStatus.PARKED
+        )
+        if not parked.exists():  # as a rule: a glance at an empty index
+            parked = parked.none()
         parked = (
-            IncomingTransaction.objects.using(self.using)
-            .filter(bulk.among("record_id", ids, self.using))
-            .filter(status=IncomingStatus.PARKED)
+            parked.filter(bulk.among("record_id", ids, self.using))
             .order_by("producer", "sequence")
             .values_list("id", "model", "record_id")
         )

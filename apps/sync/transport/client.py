@@ -222,7 +222,10 @@ def _push_producer(upstream, producer, source, size, progress, summary) -> None:
         after = through
         while True:
             while len(on_the_wire) < IN_FLIGHT:
-                chunk, body = _prepare(source, after, size)
+                # The first chunk is small, so that upstream starts applying
+                # while the next is on its way rather than after it.
+                limit = max(size // 4, 1) if after == through else size
+                chunk, body = _prepare(source, after, limit)
                 if not chunk:
                     break
                 on_the_wire.append((chunk, wire.submit(_send, upstream, body)))
