@@ -23,6 +23,7 @@ from pathlib import Path
 
 import psycopg
 import requests
+import zstandard
 
 log = logging.getLogger(__name__)
 
@@ -293,15 +294,22 @@ class Server(Node):
         self,
         body: bytes | dict | list,
         credential: str | None,
-        gzipped: bool = False,
+        encoding: str | None = None,
         headers: dict | None = None,
     ) -> requests.Response:
-        """POST ``body`` to the push endpoint as ``credential`` ("node:token")."""
+        """POST ``body`` to the push endpoint as ``credential`` ("node:token").
+
+        ``encoding`` compresses it so ("gzip" or "zstd") and says so.
+        """
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         sent = {"Content-Type": "application/json"}
-        if gzipped:
-            data = gzip.compress(data)
-            sent["Content-Encoding"] = "gzip"
+        if encoding:
+            compress = {
+                "gzip": gzip.compress,
+                "zstd": zstandard.ZstdCompressor().compress,
+            }[encoding]
+            data = compress(data)
+            sent["Content-Encoding"] = encoding
         if credential is not None:
             sent["Authorization"] = f"Node {credential}"
         sent.update(headers or {})

@@ -193,7 +193,7 @@ def test_relayed_field_day_arrives_and_the_laptop_sees_how_far_each_change_got(
 def _post_first(community, laptop, deployment, count: int) -> None:
     """Deliver the laptop's first ``count`` changes straight to the community."""
     body = {"schema_version": 1, "envelopes": laptop.wire_envelopes(limit=count)}
-    answer = community.post(body, deployment.credential(LAPTOP), gzipped=True)
+    answer = community.post(body, deployment.credential(LAPTOP), encoding="gzip")
     assert answer.status_code == 200, answer.text
 
 

@@ -8,12 +8,14 @@ database, and what a user would notice is read from those databases.
 import base64
 import gzip
 import html
+import json
 import re
 import signal
 import time
 
 import pytest
 import requests
+import zstandard
 from sync.transport.client import IN_FLIGHT
 
 from tests.integration.conftest import (
@@ -155,12 +157,13 @@ def test_duplicate_chunk_is_acknowledged_not_stored_again(
     body = {"schema_version": 1, "envelopes": laptop.wire_envelopes(limit=20)}
     credential = deployment.credential(LAPTOP)
 
-    first = community.post(body, credential, gzipped=True)
+    first = community.post(body, credential, encoding="zstd")
     assert first.status_code == 200, first.text
     assert first.json()["stored"] == 20
     before = table_counts(community)
 
-    second = community.post(body, credential, gzipped=True)
+    # Sent again, compressed the older way.
+    second = community.post(body, credential, encoding="gzip")
 
     assert second.status_code == 200, second.text
     answer = second.json()
@@ -259,59 +262,113 @@ def _with(envelope: dict, **changes) -> dict:
     return {"schema_version": 1, "envelopes": [dict(envelope, **changes)]}
 
 
-# case: (body made from one good envelope, gzip it?, expected status)
+# case: (body made from one good envelope, compressed how, expected status)
 MALFORMED = {
-    "invalid-json": (lambda e: b'{"schema_version": 1, "envel', False, 400),
-    "not-utf8": (lambda e: b'{"schema_version": 1, "\\xff": []}', False, 400),
-    "bad-gzip": (lambda e: b"this is not gzip", True, 400),
-    "truncated-gzip": (lambda e: gzip.compress(b'{"a": 1}')[:-12], False, 400),
-    "not-an-object": (lambda e: [1, 2, 3], False, 400),
-    "no-schema-version": (lambda e: {"envelopes": [e]}, False, 400),
+    "invalid-json": (lambda e: b'{"schema_version": 1, "envel', None, 400),
+    "not-utf8": (lambda e: b'{"schema_version": 1, "\\xff": []}', None, 400),
+    "truncated-gzip": (lambda e: gzip.compress(b'{"a": 1}')[:-12], None, 400),
+    "not-an-object": (lambda e: [1, 2, 3], None, 400),
+    "no-schema-version": (lambda e: {"envelopes": [e]}, None, 400),
     "schema-version-as-string": (
         lambda e: {"schema_version": "1", "envelopes": [e]},
-        False,
+        None,
         400,
     ),
     "envelopes-not-a-list": (
         lambda e: {"schema_version": 1, "envelopes": {"a": e}},
-        False,
+        None,
         400,
     ),
     "envelope-not-an-object": (
         lambda e: {"schema_version": 1, "envelopes": ["x"]},
-        False,
+        None,
         400,
     ),
-    "sequence-as-string": (lambda e: _with(e, sequence="1"), False, 400),
-    "sequence-zero": (lambda e: _with(e, sequence=0), False, 400),
-    "sequence-past-64-bits": (lambda e: _with(e, sequence=2**63), False, 400),
-    "clock-past-64-bits": (lambda e: _with(e, hlc=2**70), False, 400),
+    "sequence-as-string": (lambda e: _with(e, sequence="1"), None, 400),
+    "sequence-zero": (lambda e: _with(e, sequence=0), None, 400),
+    "sequence-past-64-bits": (lambda e: _with(e, sequence=2**63), None, 400),
+    "clock-past-64-bits": (lambda e: _with(e, hlc=2**70), None, 400),
     "nested-too-deeply": (
         lambda e: b'{"schema_version": 1, "envelopes": [], "x": ' + b"[" * 10_000,
-        False,
+        None,
         400,
     ),
-    "record-id-not-a-uuid": (lambda e: _with(e, record_id="nope"), False, 400),
-    "unknown-action": (lambda e: _with(e, action="upsert"), False, 400),
-    "model-too-long": (lambda e: _with(e, model="study." + "x" * 200), False, 400),
-    "empty-key-id": (lambda e: _with(e, key_id=""), False, 400),
-    "signature-not-base64": (lambda e: _with(e, signature="%%%"), False, 400),
-    "oversized": (lambda e: _with(e, pad="x" * 40000), False, 413),
-    "oversized-once-inflated": (lambda e: _with(e, pad="x" * 40000), True, 413),
+    "record-id-not-a-uuid": (lambda e: _with(e, record_id="nope"), None, 400),
+    "unknown-action": (lambda e: _with(e, action="upsert"), None, 400),
+    "model-too-long": (lambda e: _with(e, model="study." + "x" * 200), None, 400),
+    "empty-key-id": (lambda e: _with(e, key_id=""), None, 400),
+    "signature-not-base64": (lambda e: _with(e, signature="%%%"), None, 400),
+    "oversized": (lambda e: _with(e, pad="x" * 40000), None, 413),
+    "oversized-once-gunzipped": (lambda e: _with(e, pad="x" * 40000), "gzip", 413),
+    "oversized-once-unzstd": (lambda e: _with(e, pad="x" * 40000), "zstd", 413),
 }
 
 
 @pytest.mark.parametrize("case", MALFORMED)
 def test_malformed_body_is_refused_with_a_message(guarded_community, deployment, case):
     server, envelopes = guarded_community
-    make_body, gzipped, status = MALFORMED[case]
+    make_body, encoding, status = MALFORMED[case]
 
     response = server.post(
-        make_body(envelopes[0]), deployment.credential(LAPTOP), gzipped=gzipped
+        make_body(envelopes[0]), deployment.credential(LAPTOP), encoding=encoding
     )
 
     assert_refused(response, status)
     assert_nothing_stored(server)
+
+
+def _zstd(data: bytes, with_size: bool = True) -> bytes:
+    return zstandard.ZstdCompressor(write_content_size=with_size).compress(data)
+
+
+def _json(body: dict) -> bytes:
+    return json.dumps(body).encode()
+
+
+# case: (body made from one good envelope, its Content-Encoding, expected status)
+NOT_AS_LABELLED = {
+    "not-gzip": (lambda e: b"this is not gzip", "gzip", 400),
+    "not-zstd": (lambda e: b"this is not zstd", "zstd", 400),
+    "truncated-zstd": (lambda e: _zstd(_json(_with(e)))[:-6], "zstd", 400),
+    "zstd-of-unknown-size-past-the-limit": (
+        lambda e: _zstd(_json(_with(e, pad="x" * 40000)), with_size=False),
+        "zstd",
+        413,
+    ),
+    "unknown-encoding": (lambda e: _json(_with(e)), "br", 415),
+}
+
+
+@pytest.mark.parametrize("case", NOT_AS_LABELLED)
+def test_body_that_is_not_as_its_encoding_says_is_refused(
+    guarded_community, deployment, case
+):
+    server, envelopes = guarded_community
+    make_body, encoding, status = NOT_AS_LABELLED[case]
+
+    response = server.post(
+        make_body(envelopes[0]),
+        deployment.credential(LAPTOP),
+        headers={"Content-Encoding": encoding},
+    )
+
+    detail = assert_refused(response, status)["detail"]
+    if status == 415:
+        assert "send the body as zstd or gzip" in detail
+    assert_nothing_stored(server)
+
+
+def test_a_zstd_body_that_does_not_say_its_size_is_taken(community, laptop, deployment):
+    body = {"schema_version": 1, "envelopes": laptop.wire_envelopes(limit=3)}
+
+    response = community.post(
+        _zstd(_json(body), with_size=False),
+        deployment.credential(LAPTOP),
+        headers={"Content-Encoding": "zstd"},
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["acknowledged"] == {LAPTOP: 3}
 
 
 def test_revoked_laptop_cannot_push(community, laptop, deployment):

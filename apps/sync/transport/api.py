@@ -10,6 +10,7 @@ import json
 import logging
 import zlib
 
+import zstandard
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
@@ -43,6 +44,11 @@ security_log = logging.getLogger("sync.security")
 class SchemaMismatch(exceptions.APIException):
     status_code = status.HTTP_426_UPGRADE_REQUIRED
     default_code = "schema_mismatch"
+
+
+# How a push body may be compressed, the fastest first. A client learns it
+# from /held/; an older server, that does not say, takes gzip.
+ENCODINGS = ("zstd", "gzip")
 
 
 class PayloadTooLarge(exceptions.APIException):
@@ -121,18 +127,9 @@ class EnvelopeBatchParser(BaseParser):
             raise PayloadTooLarge(
                 f"The body is larger than {limit} bytes; send smaller chunks."
             )
-        if request.META.get("HTTP_CONTENT_ENCODING", "") == "gzip":
-            try:
-                inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                body = inflater.decompress(body, limit + 1)
-                if len(body) > limit or inflater.unconsumed_tail:
-                    raise PayloadTooLarge(
-                        f"The body inflates past {limit} bytes; send smaller chunks."
-                    )
-            except (zlib.error, gzip.BadGzipFile) as exc:
-                raise exceptions.ParseError(
-                    f"The body is not valid gzip: {exc}"
-                ) from None
+        encoding = request.META.get("HTTP_CONTENT_ENCODING", "identity")
+        if encoding != "identity":
+            body = _inflate(body, encoding, limit)
         try:
             return json.loads(body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -142,6 +139,43 @@ class EnvelopeBatchParser(BaseParser):
                 "The body nests JSON arrays or objects too deeply; send envelopes "
                 "as the API schema describes."
             ) from None
+
+
+def _inflate(body: bytes, encoding: str, limit: int) -> bytes:
+    """Return ``body`` decompressed; refuse one that would inflate past ``limit``."""
+    too_large = PayloadTooLarge(
+        f"The body inflates past {limit} bytes; send smaller chunks."
+    )
+    if encoding == "zstd":
+        try:
+            size = zstandard.frame_content_size(body)
+            if size > limit:
+                raise too_large
+            if size >= 0:
+                body = zstandard.ZstdDecompressor().decompress(body)
+            else:
+                # A frame that does not say how large it inflates (this
+                # node's client says) is inflated no further than the limit.
+                body = zstandard.ZstdDecompressor().stream_reader(body).read(limit + 1)
+        except zstandard.ZstdError as exc:
+            raise exceptions.ParseError(f"The body is not valid zstd: {exc}") from None
+        if len(body) > limit:
+            raise too_large
+        return body
+    if encoding == "gzip":
+        try:
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            body = inflater.decompress(body, limit + 1)
+        except (zlib.error, gzip.BadGzipFile) as exc:
+            raise exceptions.ParseError(f"The body is not valid gzip: {exc}") from None
+        if len(body) > limit or inflater.unconsumed_tail:
+            raise too_large
+        return body
+    raise exceptions.UnsupportedMediaType(
+        encoding,
+        f"Content-Encoding {encoding!r} is not taken here; send the body as "
+        f"{' or '.join(ENCODINGS)}, or uncompressed.",
+    )
 
 
 class NodeAPIView(APIView):
@@ -260,6 +294,10 @@ class HeldView(NodeAPIView):
                 "acknowledgements": serializers.ListField(
                     child=serializers.DictField()
                 ),
+                "content_encodings": serializers.ListField(
+                    child=serializers.CharField(),
+                    help_text="How a push body may be compressed, best first.",
+                ),
             },
         )
     )
@@ -287,6 +325,7 @@ class HeldView(NodeAPIView):
                 # So a caller with nothing new still learns who further up
                 # holds its changes (central's receipts, for instance).
                 "acknowledgements": known_acknowledgements([producer]),
+                "content_encodings": list(ENCODINGS),
             }
         )
 

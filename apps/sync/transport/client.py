@@ -15,9 +15,11 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import requests
 import tenacity
+import zstandard
 from django.conf import settings
 from tqdm import tqdm
 
@@ -199,6 +201,7 @@ def _sources():
 def _push_producer(upstream, producer, source, size, progress, summary) -> None:
     held = upstream.call("GET", "/held/", params={"producer": producer})
     holder, through = held["node"], held["held_through"]
+    encode = _encoder(held.get("content_encodings", []))
     record_acknowledgement(holder, producer, through, exact=True)
     _record_hearsay(held.get("acknowledgements", []), producer)
     pending = source.filter(sequence__gt=through).order_by("sequence")
@@ -225,10 +228,12 @@ def _push_producer(upstream, producer, source, size, progress, summary) -> None:
                 # The first chunk is small, so that upstream starts applying
                 # while the next is on its way rather than after it.
                 limit = max(size // 4, 1) if after == through else size
-                chunk, body = _prepare(source, after, limit)
+                chunk, body = _prepare(source, after, limit, encode)
                 if not chunk:
                     break
-                on_the_wire.append((chunk, wire.submit(_send, upstream, body)))
+                on_the_wire.append(
+                    (chunk, wire.submit(_send, upstream, body, encode.encoding))
+                )
                 after = chunk[-1].sequence
             if not on_the_wire:
                 break
@@ -255,7 +260,7 @@ def _push_producer(upstream, producer, source, size, progress, summary) -> None:
             _note_acknowledged(summary, producer, through)
 
 
-def _prepare(source, after: int, size: int) -> tuple[list[Envelope], bytes]:
+def _prepare(source, after: int, size: int, encode) -> tuple[list[Envelope], bytes]:
     """Read the next ``size`` envelopes after ``after``; return them and their body.
 
     The body is empty when nothing is left to send.
@@ -264,7 +269,7 @@ def _prepare(source, after: int, size: int) -> tuple[list[Envelope], bytes]:
         Envelope.from_columns(values)
         for values in next_in_sequence(source.values_list(*COLUMNS), after, size)
     ]
-    return chunk, _encode(chunk) if chunk else b""
+    return chunk, encode(chunk) if chunk else b""
 
 
 def _note_acknowledged(summary: PushSummary, producer: str, through: int) -> None:
@@ -387,21 +392,37 @@ def pull(
     return summary
 
 
-def _encode(chunk: list[Envelope]) -> bytes:
-    """Return the gzip-compressed JSON body that pushes ``chunk``."""
-    body = {
-        "schema_version": settings.SYNC_SCHEMA_VERSION,
-        "envelopes": [item.to_wire() for item in chunk],
-    }
-    return gzip.compress(json.dumps(body, separators=(",", ":")).encode(), 5)
+class _Encoder:
+    """Writes a chunk as the body that pushes it, compressed as upstream takes."""
+
+    def __init__(self, encoding: str):
+        self.encoding = encoding
+        if encoding == "zstd":
+            # A quarter of a megabyte of envelopes in about a millisecond;
+            # gzip took ten times as long to pack them a little less tightly.
+            self.compress = zstandard.ZstdCompressor(level=3).compress
+        else:
+            self.compress = partial(gzip.compress, compresslevel=5)
+
+    def __call__(self, chunk: list[Envelope]) -> bytes:
+        body = {
+            "schema_version": settings.SYNC_SCHEMA_VERSION,
+            "envelopes": [item.to_wire() for item in chunk],
+        }
+        return self.compress(json.dumps(body, separators=(",", ":")).encode())
 
 
-def _send(upstream: Upstream, data: bytes) -> dict:
+def _encoder(taken: list[str]) -> _Encoder:
+    """Return the encoder for what upstream says it takes (gzip if it does not say)."""
+    return _Encoder("zstd" if "zstd" in taken else "gzip")
+
+
+def _send(upstream: Upstream, data: bytes, encoding: str) -> dict:
     return upstream.call(
         "POST",
         "/push/",
         data=data,
-        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        headers={"Content-Type": "application/json", "Content-Encoding": encoding},
     )
 
 
