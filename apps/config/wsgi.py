@@ -14,3 +14,4 @@ application = get_wsgi_application()
 # With gunicorn's --preload this happens once, before the workers fork.
 get_resolver().url_patterns  # noqa: B018
 gc_tuning.tune(freeze=True)
+gc_tuning.collect_after_each_request()

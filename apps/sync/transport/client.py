@@ -7,6 +7,7 @@ are retried with backoff; a 4xx answer stops the push with the server's
 message, and the data stays in the outbox.
 """
 
+import gc
 import gzip
 import json
 import logging
@@ -295,6 +296,7 @@ def push_forever(interval: float, chunk_size: int | None = None) -> None:
                 log.info("background push: %s", summary)
         except PushFailed as exc:
             log.warning("background push stopped: %s", exc)
+        gc.collect()  # rare while busy (config.gc_tuning): now is the time
         time.sleep(interval)
 
 

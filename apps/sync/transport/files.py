@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import gc
 import gzip
 import hashlib
 import io
@@ -778,6 +779,7 @@ def import_forever(
                 Path(heartbeat).touch()
         if loops is not None and loop >= loops:
             return
+        gc.collect()  # rare while busy (config.gc_tuning): now is the time
         time.sleep(interval)
 
 

@@ -1,6 +1,7 @@
 """The one command for sync: keys, nodes, status, apply, retry, push, pull, files."""
 
 import argparse
+import gc
 import logging
 import sys
 import time
@@ -258,6 +259,7 @@ class Command(BaseCommand):
                 report.applied or report.parked or report.failed or report.conflicts
             )
             if not busy:
+                gc.collect()  # rare while busy (config.gc_tuning): now is the time
                 time.sleep(interval)
 
     def do_retry(self, parked=False, **options):
