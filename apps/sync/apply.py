@@ -166,10 +166,12 @@ def prepare(envelopes: list[envelope.Envelope], using: str) -> dict:
     for item in envelopes:
         try:
             payload = envelope.open_payload(item)
-        except EnvelopeInvalid:
-            continue
-        if _has_fields(payload):
-            prepared[item.id] = (payload, _draft(item, payload, using, natural))
+            if _has_fields(payload):
+                prepared[item.id] = (payload, _draft(item, payload, using, natural))
+        except Exception:
+            # Apply opens and drafts it again, and records what went wrong
+            # (or leaves it stored for the apply worker, if apply breaks).
+            log.debug("could not prepare %s#%s ahead", item.producer, item.sequence)
     return prepared
 
 
@@ -433,8 +435,8 @@ class _Chunk:
         parked = IncomingTransaction.objects.using(self.using).filter(
             status=IncomingStatus.PARKED
         )
-        if not parked.exists():  # as a rule: a glance at an empty index
-            parked = parked.none()
+        if not parked.exists():  # the rule: one look at an empty index
+            parked = parked.none()  # then nothing to look for among the records
         parked = (
             parked.filter(bulk.among("record_id", ids, self.using))
             .order_by("producer", "sequence")

@@ -8,7 +8,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from django.conf import settings
 from django.db import transaction
 from study.models import Household, HouseholdMember, SymptomsReview
-from sync import keys
+from sync import envelope, keys
 from sync.apply import apply_pending
 from sync.models import (
     IncomingStatus,
@@ -275,4 +275,29 @@ def test_envelopes_whose_apply_on_arrival_breaks_are_stored_for_apply(
     assert (receipt.stored, receipt.acknowledged) == (2, {"laptop-a": 2})
     assert not Household.objects.exists()
     assert apply_pending().applied == 2
+    assert Household.objects.filter(pk=home.pk).exists()
+
+
+def test_envelopes_that_cannot_be_prepared_ahead_are_applied_all_the_same(
+    remote, monkeypatch
+):
+    # Payloads are opened and drafted before the apply lock is taken; a
+    # fault there (here: the first two opens) leaves the work to apply.
+    opens = {"count": 0}
+    open_payload = envelope.open_payload
+
+    def failing_at_first(item):
+        opens["count"] += 1
+        if opens["count"] <= 2:
+            raise OSError("the data key could not be read just then")
+        return open_payload(item)
+
+    monkeypatch.setattr(envelope, "open_payload", failing_at_first)
+    laptop = remote("laptop-a")
+    home = household("laptop-a")
+
+    receipt = receive(laptop.save(home), delivered_by="laptop-a", and_apply=True)
+
+    assert opens["count"] == 4  # two ahead that failed, two again in apply
+    assert receipt.applied.applied == 2
     assert Household.objects.filter(pk=home.pk).exists()
